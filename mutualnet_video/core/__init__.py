@@ -1,0 +1,42 @@
+"""The slimmable core of MutualNet. Imports only torch."""
+
+from .config import ConfigSpace, SubnetConfig
+from .inputs import clip_for_config, dummy_input, resize_crop, subsample_frames
+from .layers import (
+    SlimBatchNorm,
+    SlimBatchNorm2d,
+    SlimBatchNorm3d,
+    SlimConv2d,
+    SlimConv3d,
+    SlimLinear,
+    SlimmableModule,
+)
+from .losses import DistillationLoss, distillation_loss
+from .switch import attach_space, current_config, get_space, set_config, slimmable_modules, use_config
+from .width import make_divisible, scale_channels
+
+__all__ = [
+    "ConfigSpace",
+    "SubnetConfig",
+    "SlimBatchNorm",
+    "SlimBatchNorm2d",
+    "SlimBatchNorm3d",
+    "SlimConv2d",
+    "SlimConv3d",
+    "SlimLinear",
+    "SlimmableModule",
+    "DistillationLoss",
+    "distillation_loss",
+    "attach_space",
+    "current_config",
+    "get_space",
+    "set_config",
+    "slimmable_modules",
+    "use_config",
+    "clip_for_config",
+    "dummy_input",
+    "resize_crop",
+    "subsample_frames",
+    "make_divisible",
+    "scale_channels",
+]

@@ -1,0 +1,338 @@
+"""Slimmable layers: drop-in subclasses of the ``nn`` layers.
+
+Each layer has the constructor keywords and state-dict keys of its ``nn`` parent
+and gives the parent's output at width 1.0. At a narrower width it runs on the
+leading slice of its weights, ``weight[:out_w, :in_w]``:
+
+* input channels are read from the input (the first conv keeps its 3 channels);
+* output channels are ``scale_channels(out_channels, width)`` when ``slim_out`` is
+  True (the default), else all of them (a classifier keeps its classes);
+* a depthwise conv (``groups == in_channels == out_channels``) uses
+  ``groups = active channels``;
+* a layer fed by a concatenation (SlowFast's lateral fusion, its head) describes its
+  input as ``in_splits = ((channels, slim), ...)``: each part is sliced on its own.
+
+The width is set through :func:`mutualnet_video.core.switch.set_config`, never by hand.
+BatchNorm layers also keep running statistics per configuration (filled by
+calibration), see :class:`SlimBatchNorm`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import SubnetConfig
+from .width import scale_channels
+
+__all__ = [
+    "SlimmableModule",
+    "SlimConv2d",
+    "SlimConv3d",
+    "SlimLinear",
+    "SlimBatchNorm",
+    "SlimBatchNorm2d",
+    "SlimBatchNorm3d",
+    "InSplits",
+]
+
+InSplits = tuple[tuple[int, bool], ...]
+
+
+class SlimmableModule:
+    """Mixin of every layer that follows the active :class:`SubnetConfig`."""
+
+    subnet: SubnetConfig | None = None
+
+    def set_subnet(self, cfg: SubnetConfig | None) -> None:
+        """Follow ``cfg`` (``None``: the full layer). Called by ``set_config``."""
+        self.subnet = cfg
+
+    @property
+    def width(self) -> float:
+        return 1.0 if self.subnet is None else self.subnet.width
+
+
+def _check_in_splits(in_splits: Sequence[Sequence] | None, in_features: int, name: str) -> InSplits | None:
+    if in_splits is None:
+        return None
+    splits = tuple((int(c), bool(s)) for c, s in in_splits)
+    if sum(c for c, _ in splits) != in_features:
+        raise ValueError(
+            f"{name}: in_splits {splits} add up to {sum(c for c, _ in splits)} channels, "
+            f"but the layer has {in_features} inputs"
+        )
+    return splits
+
+
+class _SlimWeightMixin(SlimmableModule):
+    """Shared slicing for conv and linear layers (weight dims: out, in, ...)."""
+
+    slim_out: bool
+    in_splits: InSplits | None
+    _full_in: int
+    _full_out: int
+
+    def _init_slim(self, slim_out: bool, in_splits, full_in: int, full_out: int) -> None:
+        self.slim_out = bool(slim_out)
+        self._full_in = full_in
+        self._full_out = full_out
+        self.in_splits = _check_in_splits(in_splits, full_in, type(self).__name__)
+        self._index_cache: dict[tuple[float, int], torch.Tensor] = {}
+
+    def active_out(self) -> int:
+        return scale_channels(self._full_out, self.width) if self.slim_out else self._full_out
+
+    def _split_index(self, in_active: int) -> torch.Tensor | None:
+        """Indices of the active inputs when the input is a concatenation, else None."""
+        if self.in_splits is None:
+            return None
+        key = (self.width, in_active)
+        index = self._index_cache.get(key)
+        if index is None:
+            parts, offset = [], 0
+            for channels, slim in self.in_splits:
+                active = scale_channels(channels, self.width) if slim else channels
+                parts.append(torch.arange(offset, offset + active))
+                offset += channels
+            index = torch.cat(parts)
+            if index.numel() != in_active:
+                raise RuntimeError(
+                    f"{type(self).__name__}: input has {in_active} channels but in_splits "
+                    f"{self.in_splits} at width {self.width:g} expect {index.numel()}"
+                )
+            self._index_cache[key] = index
+        return index
+
+    def _check_in(self, in_active: int) -> None:
+        if in_active > self._full_in:
+            raise RuntimeError(
+                f"{type(self).__name__}: input has {in_active} channels, more than the "
+                f"{self._full_in} the layer was built for"
+            )
+
+    def _sliced_weight(self, in_active: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        out_active = self.active_out()
+        weight = self.weight[:out_active]
+        index = self._split_index(in_active)
+        if index is not None:
+            if index.device != weight.device:
+                index = index.to(weight.device)
+                self._index_cache[(self.width, in_active)] = index
+            weight = weight.index_select(1, index)
+        elif in_active != weight.shape[1]:
+            weight = weight[:, :in_active]
+        bias = None if self.bias is None else self.bias[:out_active]
+        return weight, bias
+
+
+class _SlimConvNd(_SlimWeightMixin):
+    def _init_conv(self, slim_out: bool, in_splits) -> None:
+        self._init_slim(slim_out, in_splits, self.in_channels, self.out_channels)
+        self._depthwise = self.groups > 1 and self.groups == self.in_channels == self.out_channels
+        if self.groups > 1 and not self._depthwise:
+            raise ValueError(
+                f"{type(self).__name__}: only dense (groups=1) and depthwise convolutions can be "
+                f"slimmed, got groups={self.groups} with {self.in_channels}->{self.out_channels} channels"
+            )
+        if self._depthwise and in_splits is not None:
+            raise ValueError(f"{type(self).__name__}: a depthwise conv cannot take in_splits")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        in_active = x.shape[1]
+        if self.width == 1.0 and in_active == self.in_channels and self.in_splits is None:
+            return super().forward(x)
+        self._check_in(in_active)
+        if self._depthwise:
+            out_active = self.active_out() if self.slim_out else in_active
+            if out_active != in_active:
+                raise RuntimeError(
+                    f"{type(self).__name__}: depthwise conv got {in_active} channels at width "
+                    f"{self.width:g}, which gives {out_active} outputs"
+                )
+            weight = self.weight[:out_active]
+            bias = None if self.bias is None else self.bias[:out_active]
+            return self._conv_forward(x, weight, bias, groups=out_active)
+        weight, bias = self._sliced_weight(in_active)
+        return self._conv_forward(x, weight, bias, groups=1)
+
+
+class SlimConv2d(_SlimConvNd, nn.Conv2d):
+    """``nn.Conv2d`` that runs on its leading channels at the active width."""
+
+    def __init__(self, *args, slim_out: bool = True, in_splits: Sequence[Sequence] | None = None, **kwargs):
+        nn.Conv2d.__init__(self, *args, **kwargs)
+        self._init_conv(slim_out, in_splits)
+
+    def _conv_forward(self, x, weight, bias, groups=None):  # type: ignore[override]
+        groups = self.groups if groups is None else groups
+        if self.padding_mode != "zeros":
+            return F.conv2d(
+                F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode),
+                weight, bias, self.stride, 0, self.dilation, groups,
+            )
+        return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, groups)
+
+
+class SlimConv3d(_SlimConvNd, nn.Conv3d):
+    """``nn.Conv3d`` that runs on its leading channels at the active width."""
+
+    def __init__(self, *args, slim_out: bool = True, in_splits: Sequence[Sequence] | None = None, **kwargs):
+        nn.Conv3d.__init__(self, *args, **kwargs)
+        self._init_conv(slim_out, in_splits)
+
+    def _conv_forward(self, x, weight, bias, groups=None):  # type: ignore[override]
+        groups = self.groups if groups is None else groups
+        if self.padding_mode != "zeros":
+            return F.conv3d(
+                F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode),
+                weight, bias, self.stride, 0, self.dilation, groups,
+            )
+        return F.conv3d(x, weight, bias, self.stride, self.padding, self.dilation, groups)
+
+
+class SlimLinear(_SlimWeightMixin, nn.Linear):
+    """``nn.Linear`` on the leading features; ``slim_out=False`` by default (classifiers)."""
+
+    def __init__(self, *args, slim_out: bool = False, in_splits: Sequence[Sequence] | None = None, **kwargs):
+        nn.Linear.__init__(self, *args, **kwargs)
+        self._init_slim(slim_out, in_splits, self.in_features, self.out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        in_active = x.shape[-1]
+        if self.width == 1.0 and in_active == self.in_features and self.in_splits is None:
+            return super().forward(x)
+        self._check_in(in_active)
+        weight, bias = self._sliced_weight(in_active)
+        return F.linear(x, weight, bias)
+
+
+class SlimBatchNorm(SlimmableModule):
+    """BatchNorm over the leading channels, with running statistics per configuration.
+
+    Channels are read from the input. Training uses batch statistics with the shared
+    affine parameters and updates the leading slice of the shared running buffers.
+    In eval mode, a configuration with stored statistics (``config_stats[cfg.tag]``,
+    filled by calibration) uses them; otherwise the shared running buffers are used.
+
+    The stored statistics are saved in the state dict as
+    ``<name>.config_stats.<tag>.running_mean`` / ``.running_var``; a state dict
+    without them (a stock checkpoint) still loads with ``strict=True``.
+    """
+
+    _STATS_KEY = "config_stats."
+
+    def _init_stats(self) -> None:
+        self.config_stats: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    # -- statistics per configuration -------------------------------------------------
+    def store_stats(self, cfg: SubnetConfig, mean: torch.Tensor, var: torch.Tensor) -> None:
+        """Keep ``mean``/``var`` (of the active channels) as the statistics of ``cfg``."""
+        if mean.shape != var.shape or mean.dim() != 1 or mean.numel() > self.num_features:
+            raise ValueError(
+                f"statistics for {cfg} must be two equal 1-D tensors of at most "
+                f"{self.num_features} channels, got {tuple(mean.shape)} and {tuple(var.shape)}"
+            )
+        self.config_stats[cfg.tag] = (mean.detach().clone(), var.detach().clone())
+
+    def has_stats(self, cfg: SubnetConfig) -> bool:
+        return cfg.tag in self.config_stats
+
+    def clear_stats(self) -> None:
+        self.config_stats.clear()
+
+    def _apply(self, fn, recurse=True):  # keep stored statistics on the module's device/dtype
+        result = super()._apply(fn, recurse)  # type: ignore[misc]
+        self.config_stats = {tag: (fn(m), fn(v)) for tag, (m, v) in self.config_stats.items()}
+        return result
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)  # type: ignore[misc]
+        for tag, (mean, var) in sorted(self.config_stats.items()):
+            destination[f"{prefix}{self._STATS_KEY}{tag}.running_mean"] = mean if keep_vars else mean.detach()
+            destination[f"{prefix}{self._STATS_KEY}{tag}.running_var"] = var if keep_vars else var.detach()
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        stats_prefix = prefix + self._STATS_KEY
+        loaded: dict[str, dict[str, torch.Tensor]] = {}
+        for key in [k for k in state_dict if k.startswith(stats_prefix)]:
+            tag, _, name = key[len(stats_prefix):].rpartition(".")
+            value = state_dict.pop(key)
+            if name not in ("running_mean", "running_var") or not tag:
+                unexpected_keys.append(key)
+                continue
+            loaded.setdefault(tag, {})[name] = value
+        self.config_stats = {}
+        for tag, pair in loaded.items():
+            if set(pair) != {"running_mean", "running_var"}:
+                error_msgs.append(f"{stats_prefix}{tag}: needs both running_mean and running_var")
+                continue
+            ref = self.running_mean
+            self.config_stats[tag] = tuple(  # type: ignore[assignment]
+                pair[n].to(device=ref.device, dtype=ref.dtype) if ref is not None else pair[n]
+                for n in ("running_mean", "running_var")
+            )
+        super()._load_from_state_dict(  # type: ignore[misc]
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
+    # -- forward ----------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input_dim(x)  # type: ignore[attr-defined]
+        channels = x.shape[1]
+        stored = None
+        if not self.training and self.subnet is not None:
+            stored = self.config_stats.get(self.subnet.tag)
+        if stored is None and channels == self.num_features:
+            return super().forward(x)  # type: ignore[misc]
+        if channels > self.num_features:
+            raise RuntimeError(
+                f"{type(self).__name__}: input has {channels} channels, more than the "
+                f"{self.num_features} the layer was built for"
+            )
+        if stored is not None and stored[0].numel() != channels:
+            raise RuntimeError(
+                f"{type(self).__name__}: statistics stored for {self.subnet} have "
+                f"{stored[0].numel()} channels, the input has {channels}"
+            )
+        weight = None if self.weight is None else self.weight[:channels]
+        bias = None if self.bias is None else self.bias[:channels]
+
+        # The momentum / cumulative-average logic of nn.BatchNorm, on the active slice.
+        factor = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        if self.training:
+            use_batch_stats = True
+        else:
+            use_batch_stats = stored is None and (self.running_mean is None and self.running_var is None)
+        if stored is not None:
+            mean, var = stored
+        elif self.running_mean is not None:
+            mean, var = self.running_mean[:channels], self.running_var[:channels]
+        else:
+            mean = var = None
+        return F.batch_norm(
+            x, mean, var, weight, bias,
+            use_batch_stats, factor, self.eps,
+        )
+
+
+class SlimBatchNorm2d(SlimBatchNorm, nn.BatchNorm2d):
+    """``nn.BatchNorm2d`` over the leading channels, statistics per configuration."""
+
+    def __init__(self, *args, **kwargs):
+        nn.BatchNorm2d.__init__(self, *args, **kwargs)
+        self._init_stats()
+
+
+class SlimBatchNorm3d(SlimBatchNorm, nn.BatchNorm3d):
+    """``nn.BatchNorm3d`` over the leading channels, statistics per configuration."""
+
+    def __init__(self, *args, **kwargs):
+        nn.BatchNorm3d.__init__(self, *args, **kwargs)
+        self._init_stats()

@@ -1,0 +1,1 @@
+"""mutualnet_video.export"""
