@@ -31,6 +31,7 @@ from mutualnet_video.models import (
     create_slimmable_slowfast,
     create_slimmable_x3d,
     list_models,
+    register_model,
     slimmable,
 )
 
@@ -309,10 +310,18 @@ def test_registry_lists_and_errors():
     for name in ("mutual_x3d_xs", "mutual_x3d_s", "mutual_x3d_m", "mutual_x3d_l", "mutual_slowfast_r50",
                  "mutual_slow_r50"):
         assert name in names
-    with pytest.raises(KeyError, match="mutual_x3d_m"):
+    with pytest.raises(KeyError, match="unknown model 'mutual_x3d_q'; known models: .*mutual_x3d_m"):
         create_model("mutual_x3d_q")
     with pytest.raises(TypeError):
         create_model("mutual_x3d_xs", not_a_keyword=1)
+
+
+def test_register_model_rejects_a_second_model_of_the_same_name():
+    def mutual_x3d_m(**kwargs):  # same name as a registered entrypoint
+        raise AssertionError("never built")
+
+    with pytest.raises(ValueError, match="'mutual_x3d_m' is already registered"):
+        register_model(mutual_x3d_m)
 
 
 def test_registry_overrides():

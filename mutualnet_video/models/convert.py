@@ -270,8 +270,10 @@ def _transfer(old: nn.Module, new: nn.Module) -> nn.Module:
     new.train(old.training)
     fresh = vars(new)
     for key, value in vars(old).items():
-        if key not in fresh or "hook" in key:
-            fresh[key] = value  # e.g. block_final_bn, xavier_init, registered hooks
+        if key not in fresh:
+            fresh[key] = value  # e.g. block_final_bn, xavier_init
+        elif "hook" in key and isinstance(value, dict) and isinstance(fresh[key], dict):
+            fresh[key].update(value)  # hooks registered on the stock module
     return new
 
 

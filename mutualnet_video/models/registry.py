@@ -7,11 +7,18 @@ from typing import TypeVar
 
 from torch import nn
 
-__all__ = ["register_model", "list_models", "create_model", "get_model_entrypoint"]
+__all__ = ["register_model", "list_models", "create_model", "get_model_entrypoint", "UnknownModelError"]
 
 _ENTRYPOINTS: dict[str, Callable[..., nn.Module]] = {}
 
 F = TypeVar("F", bound=Callable[..., nn.Module])
+
+
+class UnknownModelError(KeyError):
+    """No model registered under that name (the message lists the known names)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 def register_model(fn: F) -> F:
@@ -32,7 +39,7 @@ def get_model_entrypoint(name: str) -> Callable[..., nn.Module]:
     try:
         return _ENTRYPOINTS[name]
     except KeyError:
-        raise KeyError(f"unknown model {name!r}; known models: {', '.join(list_models())}") from None
+        raise UnknownModelError(f"unknown model {name!r}; known models: {', '.join(list_models())}") from None
 
 
 def create_model(name: str, **kwargs) -> nn.Module:
