@@ -206,6 +206,8 @@ def _dense_copy(model: nn.Module, cfg: SubnetConfig, x) -> nn.Module:
 
 SUBNET_CASES = {
     "x3d": (lambda: create_slimmable_x3d(**X3D_KW, width_range=(0.25, 1.0), frames=(2, 1), crops=(32,)), {}),
+    "slow": (lambda: create_slimmable_resnet(**dict(SLOW_TINY_KW, stem_dim_out=16), width_range=(0.25, 1.0),
+                                             frames=(2, 1), crops=(32,)), {}),
     "slowfast": (lambda: create_slimmable_slowfast(**SLOWFAST_TINY_KW, width_range=(0.25, 1.0), frames=(2, 1),
                                                    crops=(32,)), {}),
     "slowfast_slim_fast": (lambda: create_slimmable_slowfast(**SLOWFAST_TINY_KW, width_range=(0.25, 1.0),
