@@ -90,3 +90,26 @@ def test_net_init_reaches_slim_layers_and_block_final_bn():
     assert final and all(torch.count_nonzero(m.weight) == 0 for m in final)
     others = [m for m in model.modules() if isinstance(m, nn.BatchNorm3d) and not getattr(m, "block_final_bn", False)]
     assert all(torch.all(m.weight == 1) for m in others)
+
+
+def test_hard_coded_nn_layers_are_all_converted():
+    # X3D builders hard-code nn.Conv3d (stem, blocks, SE, head) and create_res_block passes
+    # conv_a/b/c=nn.Conv3d explicitly: converting module by module reaches all of them.
+    from mutualnet_video.core import SlimmableModule
+    from mutualnet_video.models import create_slimmable_resnet
+
+    models = {
+        "x3d": create_slimmable_x3d(**X3D_KW),
+        "resnet": create_slimmable_resnet(model_depth=50, stem_dim_out=8, model_num_class=10,
+                                          head_pool_kernel_size=(2, 1, 1)),
+        "slowfast": create_slimmable_slowfast(model_depth=18, stem_dim_outs=(16, 2), model_num_class=10,
+                                              head_pool_kernel_sizes=((2, 1, 1), (8, 1, 1))),
+    }
+    for family, model in models.items():
+        weight_layers = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv3d, nn.BatchNorm3d,
+                                                                                     nn.Linear))]
+        assert weight_layers
+        plain = [n for n, m in weight_layers if not isinstance(m, SlimmableModule)]
+        assert not plain, f"{family}: {plain}"
+    se = [m for m in models["x3d"].modules() if type(m).__name__ == "SqueezeExcitation"]
+    assert se and all(isinstance(c, SlimmableModule) for m in se for c in m.block if isinstance(c, nn.Conv3d))
