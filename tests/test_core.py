@@ -312,3 +312,27 @@ def test_width_outside_space_is_an_error():
         set_config(nn.Sequential(nn.Conv3d(3, 8, 1)), SubnetConfig(1.0, 2, 8))
     with pytest.raises(RuntimeError, match="more than"):
         model[0](torch.randn(1, 4, 2, 8, 8))
+
+
+def test_inference_slice_cache_follows_weight_updates():
+    torch.manual_seed(0)
+    conv = SlimConv3d(32, 64, 1, bias=True)
+    set_config(conv, SubnetConfig(0.5, 4, 8))
+    x = torch.randn(1, 16, 2, 3, 3)
+
+    def expected():
+        return F.conv3d(x, conv.weight[:32, :16], conv.bias[:32])
+
+    with torch.no_grad():
+        torch.testing.assert_close(conv(x), expected())
+        conv.weight.mul_(2.0)  # in-place update (an optimizer step, load_state_dict)
+        conv.bias.add_(1.0)
+        torch.testing.assert_close(conv(x), expected())
+        conv.load_state_dict({"weight": torch.randn(64, 32, 1, 1, 1), "bias": torch.randn(64)})
+        torch.testing.assert_close(conv(x), expected())
+        set_config(conv, SubnetConfig(0.75, 4, 8))  # another width: another slice
+        torch.testing.assert_close(conv(torch.randn(1, 24, 2, 3, 3)).shape[1], 48)
+    out = conv(torch.randn(1, 24, 2, 3, 3))  # with grad: no cached tensor, gradients reach the weight
+    out.sum().backward()
+    assert conv.weight.grad is not None and conv.weight.grad[:48, :24].abs().sum() > 0
+    assert conv.weight.grad[48:].abs().sum() == 0

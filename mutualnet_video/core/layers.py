@@ -115,6 +115,21 @@ class _SlimWeightMixin(SlimmableModule):
             )
 
     def _sliced_weight(self, in_active: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if torch.is_grad_enabled() and self.weight.requires_grad:
+            return self._slice_weight(in_active)
+        # Inference: keep the last slice, contiguous, while the weights are unchanged
+        # (saves a weight copy per call; any in-place update bumps ``_version``).
+        bias = self.bias
+        key = (self.width, in_active, self.weight.data_ptr(), self.weight._version,
+               None if bias is None else (bias.data_ptr(), bias._version))
+        cached = getattr(self, "_inference_slice", None)
+        if cached is None or cached[0] != key:
+            weight, bias = self._slice_weight(in_active)
+            cached = (key, weight.contiguous(), bias)
+            self._inference_slice = cached
+        return cached[1], cached[2]
+
+    def _slice_weight(self, in_active: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         out_active = self.active_out()
         weight = self.weight[:out_active]
         index = self._split_index(in_active)
