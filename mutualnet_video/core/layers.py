@@ -158,7 +158,7 @@ class _SlimConvNd(_SlimWeightMixin):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         in_active = x.shape[1]
-        if self.width == 1.0 and in_active == self.in_channels and self.in_splits is None:
+        if self.width == 1.0 and in_active == self.in_channels:  # every part of in_splits is full
             return super().forward(x)
         self._check_in(in_active)
         if self._depthwise:
@@ -218,7 +218,7 @@ class SlimLinear(_SlimWeightMixin, nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         in_active = x.shape[-1]
-        if self.width == 1.0 and in_active == self.in_features and self.in_splits is None:
+        if self.width == 1.0 and in_active == self.in_features:  # every part of in_splits is full
             return super().forward(x)
         self._check_in(in_active)
         weight, bias = self._sliced_weight(in_active)
