@@ -120,3 +120,11 @@ def test_slow_r50_matches_reference_table():
     assert count_params(model, get_space(model).full()) / 1e6 == pytest.approx(32.45, rel=0.01)
     default_stem = create_slimmable_resnet(head_pool_kernel_size=(8, 7, 7))
     assert count_flops(default_stem, get_space(default_stem).full()) / 1e9 == pytest.approx(43.63, rel=0.01)
+
+
+def test_counting_twice_at_a_narrow_width():
+    # the second trace at the same width must work (no cached tensor baked in as a grad constant)
+    model = _tiny()
+    cfg = SubnetConfig(0.5, 2, 4)
+    assert count_flops(model, cfg) == count_flops(model, cfg) == count_flops(model, cfg, inputs=torch.zeros(1, 3, 2, 4, 4))
+    assert count_params(model, cfg) == count_params(model, cfg)

@@ -125,7 +125,8 @@ class _SlimWeightMixin(SlimmableModule):
         cached = getattr(self, "_inference_slice", None)
         if cached is None or cached[0] != key:
             weight, bias = self._slice_weight(in_active)
-            cached = (key, weight.contiguous(), bias)
+            # detach: a view made under no_grad still reports requires_grad
+            cached = (key, weight.detach().contiguous(), None if bias is None else bias.detach())
             self._inference_slice = cached
         return cached[1], cached[2]
 
