@@ -8,7 +8,7 @@ Forward (eval, no grad) and forward+backward (train mode) are timed alternately,
 then B in each repeat, and the medians and their ratios printed. Goal: full width
 within 5% of stock, slimmed within 10% of dense.
 
-    python benchmarks/slim_overhead.py --model mutual_x3d_xs --frames 4 --crop 112 --repeats 9
+    python benchmarks/slim_overhead.py --model mutual_x3d_xs --frames 4 --crop 160 --repeats 9
 """
 
 from __future__ import annotations
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="mutual_x3d_xs")
     parser.add_argument("--frames", type=int, default=4, help="(slow) input frames")
-    parser.add_argument("--crop", type=int, default=112, help="crop size (multiple of 32)")
+    parser.add_argument("--crop", type=int, default=160, help="crop size (multiple of 32)")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--widths", type=float, nargs="+", default=[1.0, 0.75, 0.5])
     parser.add_argument("--repeats", type=int, default=9)
