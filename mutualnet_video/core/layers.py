@@ -115,6 +115,22 @@ class _SlimWeightMixin(SlimmableModule):
             )
 
     def _sliced_weight(self, in_active: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if torch.is_grad_enabled() and self.weight.requires_grad:
+            return self._slice_weight(in_active)
+        # Inference: keep the last slice, contiguous, while the weights are unchanged
+        # (saves a weight copy per call; any in-place update bumps ``_version``).
+        bias = self.bias
+        key = (self.width, in_active, self.weight.data_ptr(), self.weight._version,
+               None if bias is None else (bias.data_ptr(), bias._version))
+        cached = getattr(self, "_inference_slice", None)
+        if cached is None or cached[0] != key:
+            weight, bias = self._slice_weight(in_active)
+            # detach: a view made under no_grad still reports requires_grad
+            cached = (key, weight.detach().contiguous(), None if bias is None else bias.detach())
+            self._inference_slice = cached
+        return cached[1], cached[2]
+
+    def _slice_weight(self, in_active: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         out_active = self.active_out()
         weight = self.weight[:out_active]
         index = self._split_index(in_active)
@@ -143,7 +159,7 @@ class _SlimConvNd(_SlimWeightMixin):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         in_active = x.shape[1]
-        if self.width == 1.0 and in_active == self.in_channels and self.in_splits is None:
+        if self.width == 1.0 and in_active == self.in_channels:  # every part of in_splits is full
             return super().forward(x)
         self._check_in(in_active)
         if self._depthwise:
@@ -203,7 +219,7 @@ class SlimLinear(_SlimWeightMixin, nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         in_active = x.shape[-1]
-        if self.width == 1.0 and in_active == self.in_features and self.in_splits is None:
+        if self.width == 1.0 and in_active == self.in_features:  # every part of in_splits is full
             return super().forward(x)
         self._check_in(in_active)
         weight, bias = self._sliced_weight(in_active)

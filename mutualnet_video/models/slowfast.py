@@ -1,0 +1,96 @@
+"""Slimmable SlowFast (Feichtenhofer et al., "SlowFast Networks for Video
+Recognition", ICCV 2019) trained as a MutualNet (Yang et al., ECCV 2020).
+
+As in the MutualNet paper, the Slow pathway is slimmed (width, frames, crop); the
+Fast pathway keeps its full width (``slim_fast=True`` slims it too) and sees
+``alpha x frames`` frames at the same crop; the lateral fast->slow convs follow the
+slow width and every layer fed by a concatenation slices each part on its own.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from pytorchvideo.models.slowfast import FuseFastToSlow, create_slowfast
+from torch import nn
+
+from ..core import SlimBatchNorm3d
+from ._builder import builder_default, make_space, merge_defaults
+from .convert import slimmable
+from .registry import register_model
+
+__all__ = ["create_slimmable_slowfast", "mutual_slowfast_r50"]
+
+
+def _nominal_input(kwargs: dict) -> tuple[int, int] | None:
+    """(slow frames, crop) the fixed head pools of ``create_slowfast(**kwargs)`` are sized for."""
+    if builder_default(create_slowfast, kwargs, "head_pool") is not nn.AvgPool3d:
+        return None
+    kernel = builder_default(create_slowfast, kwargs, "head_pool_kernel_sizes")[0]
+    stem_stride = builder_default(create_slowfast, kwargs, "stem_conv_strides")[0]
+    stem_pool = builder_default(create_slowfast, kwargs, "stem_pool")
+    stem_pool = stem_pool[0] if isinstance(stem_pool, (tuple, list)) else stem_pool
+    pool_stride = builder_default(create_slowfast, kwargs, "stem_pool_strides")[0] if stem_pool else (1, 1, 1)
+    t_stride = stem_stride[0] * pool_stride[0] * math.prod(
+        builder_default(create_slowfast, kwargs, "stage_temporal_strides")[0])
+    s_stride = stem_stride[1] * pool_stride[1] * math.prod(
+        builder_default(create_slowfast, kwargs, "stage_spatial_strides")[0])
+    return kernel[0] * t_stride, kernel[1] * s_stride
+
+
+def _fusion_alpha(model: nn.Module, kwargs: dict) -> int:
+    for module in model.modules():
+        if isinstance(module, FuseFastToSlow):
+            return int(module.conv_fast_to_slow.stride[0])
+    return int(builder_default(create_slowfast, kwargs, "slowfast_fusion_conv_stride")[0])
+
+
+def create_slimmable_slowfast(
+    *,
+    width_range: Sequence[float] = (0.5, 1.0),
+    frames: Sequence[int] | int | None = None,
+    crops: Sequence[int] | int | None = None,
+    num_subnets: int = 4,
+    widths: Sequence[float] = (),
+    slim_fast: bool = False,
+    **create_slowfast_kwargs,
+) -> nn.Module:
+    """A slimmable SlowFast over the space ``width_range x frames x crops``.
+
+    Args:
+        width_range: ``(w_min, w_max)`` of the Slow pathway's width multiplier.
+        frames: Slow-pathway frame counts (the Fast pathway gets ``alpha`` times as
+            many, ``alpha`` = the fusion conv's temporal stride); default: the input
+            the head pools are sized for (8 for the builder's defaults).
+        crops: crop sizes (both pathways); default: the head pools' (224).
+        num_subnets, widths: see :class:`~mutualnet_video.core.ConfigSpace`.
+        slim_fast: slim the Fast pathway too.
+        **create_slowfast_kwargs: any keyword of ``create_slowfast``.
+
+    Returns:
+        The SlowFast ``Net`` (input ``[slow (N, 3, T, S, S), fast (N, 3, alpha*T, S, S)]``,
+        output ``(N, model_num_class)``) with its ``ConfigSpace`` attached.
+    """
+    kwargs = dict(create_slowfast_kwargs)
+    kwargs.setdefault("norm", SlimBatchNorm3d)
+    if frames is None or crops is None:
+        nominal = _nominal_input(kwargs)
+        if nominal is None:
+            raise ValueError("frames and crops are required when head_pool is not a fixed nn.AvgPool3d")
+        frames = nominal[0] if frames is None else frames
+        crops = nominal[1] if crops is None else crops
+    model = create_slowfast(**kwargs)
+    space = make_space(
+        width_range=width_range, frames=frames, crops=crops, num_subnets=num_subnets, widths=widths,
+        slowfast_alpha=_fusion_alpha(model, kwargs),
+    )
+    return slimmable(model, space=space, slim_fast=slim_fast)
+
+
+@register_model
+def mutual_slowfast_r50(**kwargs) -> nn.Module:
+    """SlowFast R50 8x8 (alpha 4, beta 1/8); slow space: width [0.5, 1], frames {8, 6, 4},
+    crops {224, 192, 160, 128}; the Fast pathway keeps its width."""
+    defaults = dict(model_depth=50, frames=(8, 6, 4), crops=(224, 192, 160, 128))
+    return create_slimmable_slowfast(**merge_defaults(defaults, kwargs))

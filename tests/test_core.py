@@ -1,0 +1,338 @@
+"""Core units: width arithmetic, configurations, slimmable layers, switching."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mutualnet_video.core import (
+    ConfigSpace,
+    SlimBatchNorm2d,
+    SlimBatchNorm3d,
+    SlimConv2d,
+    SlimConv3d,
+    SlimLinear,
+    SubnetConfig,
+    attach_space,
+    current_config,
+    make_divisible,
+    scale_channels,
+    set_config,
+    use_config,
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors on a shared 2-core machine: intra-op threads only add spin-wait."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+
+def _gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+# -- width arithmetic ---------------------------------------------------------------
+@pytest.mark.parametrize(
+    "value, expected",
+    [(12, 16), (20, 24), (35, 32), (36, 40), (90, 88), (3, 8), (0.5, 8), (10, 16), (64, 64)],
+)
+def test_make_divisible_rounds_to_nearest_multiple_within_10_percent(value, expected):
+    out = make_divisible(value, 8)
+    assert out == expected and out % 8 == 0 and out >= 8
+    assert out >= 0.9 * value
+
+
+def test_make_divisible_min_value_and_bad_divisor():
+    assert make_divisible(3, 8, min_value=16) == 16
+    assert make_divisible(5, 4) == 8  # 4 would lose more than 10%
+    with pytest.raises(ValueError, match="divisor"):
+        make_divisible(10, 0)
+
+
+def test_scale_channels_rules():
+    assert scale_channels(24, 1.0) == 24 and scale_channels(13, 1.0) == 13  # exact at full width
+    assert scale_channels(24, 0.9) == 24  # make_divisible(21.6) = 24: capped at the full count
+    assert scale_channels(12, 0.9) == 12  # make_divisible(10.8) = 16 > 12: capped
+    assert scale_channels(64, 0.05) == 8  # at least 8
+    assert scale_channels(256, 0.5) == 128 and scale_channels(432, 0.5) == 216
+    for bad in (0.0, -0.5, 1.01, float("nan")):
+        with pytest.raises(ValueError, match="width multiplier"):
+            scale_channels(64, bad)
+
+
+# -- configurations -----------------------------------------------------------------
+def test_subnet_config_validation_and_tag_round_trip():
+    cfg = SubnetConfig(0.5, 8, 160)
+    assert cfg.tag == "w0500_f8_c160" and SubnetConfig.from_tag(cfg.tag) == cfg
+    image = SubnetConfig(0.875, None, 224)
+    assert image.tag == "w0875_fn_c224" and SubnetConfig.from_tag(image.tag) == image
+    assert hash(cfg) == hash(SubnetConfig(0.5, 8, 160))
+    for kwargs in (dict(width=0.0, frames=8, crop=160), dict(width=1.5, frames=8, crop=160),
+                   dict(width=1.0, frames=0, crop=160), dict(width=1.0, frames=8, crop=True),
+                   dict(width=1.0, frames=2.5, crop=160)):
+        with pytest.raises(ValueError):
+            SubnetConfig(**kwargs)
+    with pytest.raises(ValueError, match="not a SubnetConfig tag"):
+        SubnetConfig.from_tag("w0.5_f8_c160")
+
+
+def test_config_space_sandwich_structure():
+    space = ConfigSpace(width_range=(0.25, 1.0), frames=(8, 16, 4), crops=(160, 224), num_subnets=4)
+    assert space.frames == (16, 8, 4) and space.crops == (224, 160)
+    assert space.full() == SubnetConfig(1.0, 16, 224) and space.smallest() == SubnetConfig(0.25, 4, 160)
+    seen_frames, seen_crops = set(), set()
+    for seed in range(20):
+        configs = space.sandwich(_gen(seed))
+        assert len(configs) == 4
+        assert configs[0] == space.full()
+        assert configs[1].width == 0.25
+        for cfg in configs[1:]:
+            assert 0.25 <= cfg.width <= 1.0 and space.contains(cfg)
+            seen_frames.add(cfg.frames)
+            seen_crops.add(cfg.crop)
+    assert seen_frames == {16, 8, 4} and seen_crops == {224, 160}  # resolutions drawn at random
+    assert space.sandwich(_gen(3)) == space.sandwich(_gen(3))
+    assert ConfigSpace(width_range=(0.5, 1.0), num_subnets=1).sandwich(_gen()) == [
+        ConfigSpace(width_range=(0.5, 1.0)).full()]
+
+
+def test_config_space_widths_grid_and_errors():
+    space = ConfigSpace(width_range=(0.5, 1.0), frames=(8,), crops=(224, 160))
+    assert space.widths == (1.0, 0.875, 0.75, 0.625, 0.5)
+    assert len(space.grid()) == 10 and len(space.grid(widths=(1.0,))) == 2
+    with pytest.raises(ValueError, match="width 0.25 is outside"):
+        space.validate(SubnetConfig(0.25, 8, 224))
+    with pytest.raises(ValueError, match="frames=4"):
+        space.validate(SubnetConfig(1.0, 4, 224))
+    with pytest.raises(ValueError, match="crop=128"):
+        space.validate(SubnetConfig(1.0, 8, 128))
+    with pytest.raises(ValueError, match="outside width_range"):
+        ConfigSpace(width_range=(0.5, 1.0), widths=(0.25,))
+    with pytest.raises(ValueError, match="above max"):
+        ConfigSpace(width_range=(1.0, 0.5))
+
+
+# -- slim layers at full width equal nn layers -------------------------------------
+def _pair(stock: nn.Module, slim_cls, **kwargs):
+    slim = slim_cls(**kwargs)
+    slim.load_state_dict(stock.state_dict(), strict=True)
+    assert list(slim.state_dict()) == list(stock.state_dict())
+    return slim
+
+
+def test_slim_layers_equal_nn_layers_at_full_width():
+    torch.manual_seed(0)
+    conv3 = nn.Conv3d(4, 16, (3, 3, 3), stride=(1, 2, 2), padding=1, bias=True)
+    conv2 = nn.Conv2d(4, 16, 3, padding=1)
+    linear = nn.Linear(16, 10)
+    bn = nn.BatchNorm3d(16)
+    x3, x2 = torch.randn(2, 4, 3, 8, 8), torch.randn(2, 4, 8, 8)
+    pairs = [
+        (conv3, _pair(conv3, SlimConv3d, in_channels=4, out_channels=16, kernel_size=3, stride=(1, 2, 2),
+                      padding=1), x3),
+        (conv2, _pair(conv2, SlimConv2d, in_channels=4, out_channels=16, kernel_size=3, padding=1), x2),
+        (linear, _pair(linear, SlimLinear, in_features=16, out_features=10), torch.randn(3, 16)),
+    ]
+    for stock, slim, x in pairs:
+        torch.testing.assert_close(slim(x), stock(x))
+        set_config(slim, SubnetConfig(1.0, 4, 8))
+        torch.testing.assert_close(slim(x), stock(x))
+    slim_bn = _pair(bn, SlimBatchNorm3d, num_features=16)
+    y = torch.randn(4, 16, 2, 4, 4)
+    torch.testing.assert_close(slim_bn(y), bn(y))  # train mode, batch stats
+    torch.testing.assert_close(slim_bn.running_mean, bn.running_mean)
+    slim_bn.eval(), bn.eval()
+    torch.testing.assert_close(slim_bn(y), bn(y))
+
+
+# -- a slimmed layer equals a dense layer built from the sliced weights -------------
+@pytest.mark.parametrize("width", [0.25, 0.5, 0.75])
+def test_slim_conv3d_equals_dense_conv_of_sliced_weights(width):
+    torch.manual_seed(0)
+    conv = SlimConv3d(32, 64, (3, 1, 3), stride=(1, 2, 1), padding=(1, 0, 1), bias=True)
+    set_config(conv, SubnetConfig(width, 4, 8))
+    c_in, c_out = scale_channels(32, width), scale_channels(64, width)
+    x = torch.randn(2, c_in, 4, 8, 8)
+    dense = nn.Conv3d(c_in, c_out, (3, 1, 3), stride=(1, 2, 1), padding=(1, 0, 1), bias=True)
+    with torch.no_grad():
+        dense.weight.copy_(conv.weight[:c_out, :c_in])
+        dense.bias.copy_(conv.bias[:c_out])
+    out = conv(x)
+    assert out.shape[1] == c_out
+    torch.testing.assert_close(out, dense(x))
+
+
+def test_slim_conv2d_and_linear_equal_dense_of_sliced_weights():
+    torch.manual_seed(0)
+    conv = SlimConv2d(24, 40, 3, padding=1, bias=False)
+    linear = SlimLinear(40, 10)  # a classifier keeps its outputs
+    hidden = SlimLinear(40, 48, slim_out=True)
+    cfg = SubnetConfig(0.5, None, 8)
+    for m in (conv, linear, hidden):
+        set_config(m, cfg)
+    x = torch.randn(2, 16, 8, 8)  # scale_channels(24, .5) = 16
+    torch.testing.assert_close(conv(x), F.conv2d(x, conv.weight[:24, :16], None, padding=1))
+    z = torch.randn(3, 24)  # scale_channels(40, .5) = 24
+    torch.testing.assert_close(linear(z), F.linear(z, linear.weight[:, :24], linear.bias))
+    torch.testing.assert_close(hidden(z), F.linear(z, hidden.weight[:24, :24], hidden.bias[:24]))
+
+
+def test_depthwise_conv_follows_active_channels():
+    torch.manual_seed(0)
+    conv = SlimConv3d(48, 48, 3, padding=1, groups=48, bias=False)
+    set_config(conv, SubnetConfig(0.5, 4, 8))
+    x = torch.randn(1, 24, 2, 6, 6)
+    torch.testing.assert_close(conv(x), F.conv3d(x, conv.weight[:24], None, padding=1, groups=24))
+    with pytest.raises(RuntimeError, match="depthwise"):
+        conv(torch.randn(1, 16, 2, 6, 6))
+    with pytest.raises(ValueError, match="groups=2"):
+        SlimConv3d(8, 16, 1, groups=2)
+
+
+def test_in_splits_slice_each_part():
+    torch.manual_seed(0)
+    # input = [slow (64 channels, slim), fast (16 channels, full)]
+    linear = SlimLinear(80, 10, in_splits=((64, True), (16, False)))
+    conv = SlimConv3d(80, 32, 1, in_splits=((64, True), (16, True)), bias=False)
+    cfg = SubnetConfig(0.5, 4, 8)
+    set_config(linear, cfg), set_config(conv, cfg)
+    z = torch.randn(2, 32 + 16)
+    index = torch.cat([torch.arange(32), torch.arange(64, 80)])
+    torch.testing.assert_close(linear(z), F.linear(z, linear.weight[:, index], linear.bias))
+    x = torch.randn(1, 32 + 8, 2, 4, 4)
+    index = torch.cat([torch.arange(32), torch.arange(64, 72)])
+    torch.testing.assert_close(conv(x), F.conv3d(x, conv.weight[:16, index]))
+    with pytest.raises(RuntimeError, match="in_splits"):
+        linear(torch.randn(2, 40))
+    with pytest.raises(ValueError, match="add up to"):
+        SlimLinear(80, 10, in_splits=((64, True), (8, False)))
+
+
+# -- per-configuration BatchNorm statistics -----------------------------------------
+def test_bn_config_stats_used_in_eval_and_saved():
+    torch.manual_seed(0)
+    bn = SlimBatchNorm3d(32)
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 1.5), bn.bias.normal_()
+    small, full = SubnetConfig(0.5, 4, 8), SubnetConfig(1.0, 4, 8)
+    mean, var = torch.randn(16), torch.rand(16) + 0.5
+    bn.store_stats(small, mean, var)
+    assert bn.has_stats(small) and not bn.has_stats(full)
+    bn.eval()
+    x = torch.randn(2, 16, 2, 3, 3)
+    set_config(bn, small)
+    expected = F.batch_norm(x, mean, var, bn.weight[:16], bn.bias[:16], False, 0.0, bn.eps)
+    torch.testing.assert_close(bn(x), expected)
+    set_config(bn, SubnetConfig(0.6, 4, 8))  # no stored stats: the shared buffers' leading slice
+    shared = F.batch_norm(x, bn.running_mean[:16], bn.running_var[:16], bn.weight[:16], bn.bias[:16], False, 0., 1e-5)
+    torch.testing.assert_close(bn(x), shared)
+
+    state = bn.state_dict()
+    assert f"config_stats.{small.tag}.running_mean" in state
+    fresh = SlimBatchNorm3d(32)
+    fresh.load_state_dict(state, strict=True)
+    fresh.eval()
+    set_config(fresh, small)
+    torch.testing.assert_close(fresh(x), expected)
+    # train mode ignores the stored statistics (batch statistics)
+    bn.train()
+    set_config(bn, small)
+    batch = F.batch_norm(x, None, None, bn.weight[:16], bn.bias[:16], True, 0.0, bn.eps)
+    torch.testing.assert_close(bn(x), batch)
+
+
+def test_stock_bn_state_dict_loads_strict_and_stats_cleared():
+    stock = nn.BatchNorm2d(16)
+    slim = SlimBatchNorm2d(16)
+    slim.store_stats(SubnetConfig(0.5, None, 8), torch.zeros(8), torch.ones(8))
+    slim.load_state_dict(stock.state_dict(), strict=True)  # a stock state dict drops stored stats
+    assert slim.config_stats == {}
+    slim.store_stats(SubnetConfig(0.5, None, 8), torch.zeros(8), torch.ones(8))
+    slim.clear_stats()
+    assert slim.config_stats == {}
+    with pytest.raises(ValueError, match="statistics"):
+        slim.store_stats(SubnetConfig(0.5, None, 8), torch.zeros(8), torch.ones(9))
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_bn_slice_running_stats_update_like_nn(momentum):
+    torch.manual_seed(0)
+    slim = SlimBatchNorm3d(32, momentum=momentum)
+    dense = nn.BatchNorm3d(16, momentum=momentum)
+    set_config(slim, SubnetConfig(0.5, 4, 8))
+    for _ in range(3):
+        x = torch.randn(4, 16, 2, 3, 3) * 2 + 1
+        torch.testing.assert_close(slim(x), dense(x))
+    torch.testing.assert_close(slim.running_mean[:16], dense.running_mean)
+    torch.testing.assert_close(slim.running_var[:16], dense.running_var)
+    assert torch.all(slim.running_mean[16:] == 0) and torch.all(slim.running_var[16:] == 1)
+    assert int(slim.num_batches_tracked) == 3
+
+
+# -- switching ----------------------------------------------------------------------
+def _tiny_model() -> nn.Module:
+    model = nn.Sequential(SlimConv3d(3, 16, 1), SlimBatchNorm3d(16), nn.ReLU(), SlimConv3d(16, 32, 1))
+    return attach_space(model, ConfigSpace(width_range=(0.5, 1.0), frames=(4, 2), crops=(8,)))
+
+
+def test_use_config_switches_and_restores():
+    model = _tiny_model()
+    x = torch.randn(1, 3, 2, 8, 8)
+    assert current_config(model) is None and model(x).shape[1] == 32
+    small = SubnetConfig(0.5, 2, 8)
+    with use_config(model, small):
+        assert current_config(model) == small
+        assert model(x).shape[1] == 16
+        with use_config(model, SubnetConfig(0.75, 4, 8)):
+            assert model(x).shape[1] == 24
+        assert current_config(model) == small
+    assert current_config(model) is None
+    with pytest.raises(KeyError):
+        with use_config(model, small):
+            raise KeyError("boom")
+    assert current_config(model) is None
+
+
+def test_width_outside_space_is_an_error():
+    model = _tiny_model()
+    with pytest.raises(ValueError, match="width 0.25 is outside the trained range"):
+        set_config(model, SubnetConfig(0.25, 2, 8))
+    with pytest.raises(ValueError, match="frames=8"):
+        with use_config(model, SubnetConfig(1.0, 8, 8)):
+            pass
+    assert current_config(model) is None
+    with pytest.raises(TypeError, match="no slimmable module"):
+        set_config(nn.Sequential(nn.Conv3d(3, 8, 1)), SubnetConfig(1.0, 2, 8))
+    with pytest.raises(RuntimeError, match="more than"):
+        model[0](torch.randn(1, 4, 2, 8, 8))
+
+
+def test_inference_slice_cache_follows_weight_updates():
+    torch.manual_seed(0)
+    conv = SlimConv3d(32, 64, 1, bias=True)
+    set_config(conv, SubnetConfig(0.5, 4, 8))
+    x = torch.randn(1, 16, 2, 3, 3)
+
+    def expected():
+        return F.conv3d(x, conv.weight[:32, :16], conv.bias[:32])
+
+    with torch.no_grad():
+        torch.testing.assert_close(conv(x), expected())
+        conv.weight.mul_(2.0)  # in-place update (an optimizer step, load_state_dict)
+        conv.bias.add_(1.0)
+        torch.testing.assert_close(conv(x), expected())
+        conv.load_state_dict({"weight": torch.randn(64, 32, 1, 1, 1), "bias": torch.randn(64)})
+        torch.testing.assert_close(conv(x), expected())
+        set_config(conv, SubnetConfig(0.75, 4, 8))  # another width: another slice
+        torch.testing.assert_close(conv(torch.randn(1, 24, 2, 3, 3)).shape[1], 48)
+    out = conv(torch.randn(1, 24, 2, 3, 3))  # with grad: no cached tensor, gradients reach the weight
+    out.sum().backward()
+    assert conv.weight.grad is not None and conv.weight.grad[:48, :24].abs().sum() > 0
+    assert conv.weight.grad[48:].abs().sum() == 0
