@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import json
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,7 +23,9 @@ from mutualnet_video.evaluation.budgets import (
     save_budgets,
     select_config,
 )
+from mutualnet_video.evaluation.calibration import calibrate_bn
 from mutualnet_video.evaluation.evaluator import evaluate_configs
+from mutualnet_video.evaluation.runner import calibrated_path, load_weights, run_budgets, save_weights
 from mutualnet_video.evaluation.toy import toy_slowfast, toy_x3d
 from mutualnet_video.export import export_subnet
 
@@ -219,3 +224,54 @@ def test_evaluate_configs_errors_and_latency():
         evaluate_configs(model, loader, [SubnetConfig(1.0, 3, 32)], **kw)
     [record] = evaluate_configs(model, loader, [SubnetConfig(0.5, 2, 24)], latency_repeats=2, **kw)
     assert record.latency_ms > 0
+
+
+# -- runner and tools ------------------------------------------------------------------------
+def _tool(name):
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_query_budget_tool(tmp_path, capsys):
+    save_budgets(mark_pareto(TABLE), tmp_path)
+    query = _tool("query_budget")
+    assert query.main([str(tmp_path / "budgets.json"), "--max-gflops", "2.4"]) == 0
+    assert capsys.readouterr().out.startswith("width=0.75 frames=8 crop=160 views=1x1: 1.2 GFLOPs/video")
+    assert query.main([str(tmp_path / "budgets.csv"), "--max-latency-ms", "6.5", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["top1"] == 60.0
+    assert query.main([str(tmp_path / "budgets.json"), "--max-gflops", "0.01"]) == 2
+    assert "cheapest is (width=0.25, frames=4, crop=128)" in capsys.readouterr().err
+
+
+def test_run_budgets_calibrates_and_writes_the_table(tmp_path):
+    model = toy_x3d(num_classes=3)
+    configs = [SubnetConfig(1.0, 4, 32), SubnetConfig(0.5, 2, 24)]
+    calib = [torch.randn(2, 3, 4, 32, 32) for _ in range(2)]
+    records = run_budgets(model, test_loader=_Loader(model, videos=2, temporal=1, spatial=1), configs=configs,
+                          output_dir=tmp_path, calibration_batches=calib, calibration_num_batches=2,
+                          flops_fn=_flops, params_fn=_params, progress=False, meta={"model": "toy"})
+    assert load_budgets(tmp_path / "budgets.json") == records
+    assert {p.name for p in tmp_path.iterdir()} == {"budgets.json", "budgets.csv", "budgets.txt", "top1_vs_gflops.png"}
+    assert json.loads((tmp_path / "budgets.json").read_text())["meta"]["model"] == "toy"
+    assert all(model.block.norm_b.has_stats(c) for c in configs)
+
+
+def test_load_and_save_weights(tmp_path):
+    model = toy_x3d()
+    calibrate_bn(model, [torch.randn(2, 3, 4, 32, 32)], [SubnetConfig(0.5, 2, 24)], num_batches=1)
+    path = save_weights({"model": model.state_dict(), "epoch": 3}, tmp_path / "m.pth")
+    assert calibrated_path(path).name == "m_calibrated.pth"
+    fresh = toy_x3d(seed=1)
+    assert load_weights(fresh, path)["epoch"] == 3
+    assert fresh.block.norm_b.has_stats(SubnetConfig(0.5, 2, 24))
+    torch.testing.assert_close(fresh.proj.weight, model.proj.weight)
+    state = model.state_dict()
+    state["extra.weight"] = state.pop("proj.weight")
+    torch.save({f"module.{k}": v for k, v in state.items()}, tmp_path / "bad.pth")  # DDP prefix is stripped
+    with pytest.raises(RuntimeError, match=r"bad.pth does not match.*missing keys \['proj.weight'\].*'extra.weight'"):
+        load_weights(fresh, tmp_path / "bad.pth")
+    with pytest.raises(FileNotFoundError, match="nope.pth"):
+        load_weights(fresh, tmp_path / "nope.pth")
+    assert not list(tmp_path.glob("*.tmp"))

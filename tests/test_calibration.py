@@ -39,6 +39,7 @@ def _one_thread():
     yield
     torch.set_num_threads(threads)
 
+
 FULL = SubnetConfig(1.0, 4, 32)
 SMALL = SubnetConfig(0.5, 2, 24)
 

@@ -18,6 +18,7 @@ from .budgets import (
 from .calibration import NotCalibratedError, calibrate_bn, check_calibrated, missing_calibration
 from .evaluator import evaluate_configs
 from .multiview import MultiViewAccumulator, ViewSpec, aggregate_views, topk_correct, view_indices, view_mask
+from .runner import calibrated_path, load_weights, run_budgets, save_weights
 
 evaluate = evaluate_configs  # the name the contract plans
 
@@ -28,16 +29,20 @@ __all__ = [
     "ViewSpec",
     "aggregate_views",
     "calibrate_bn",
+    "calibrated_path",
     "check_calibrated",
     "evaluate",
     "evaluate_configs",
     "format_table",
     "load_budgets",
+    "load_weights",
     "mark_pareto",
     "measure_latency",
     "missing_calibration",
     "pareto_front",
     "plot_budgets",
+    "run_budgets",
+    "save_weights",
     "save_budgets",
     "select_config",
     "topk_correct",
