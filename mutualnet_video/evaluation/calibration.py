@@ -60,6 +60,9 @@ def batch_video(batch: Any) -> torch.Tensor:
 def _default_input_fn(model: nn.Module, device: torch.device | str | None) -> InputFn:
     space = get_space(model)
     alpha = None if space is None else space.slowfast_alpha
+    if device is None:
+        param = next(model.parameters(), None)
+        device = None if param is None else param.device
 
     def input_fn(batch: Any, cfg: SubnetConfig) -> ModelInput:
         video = batch_video(batch)
@@ -111,7 +114,7 @@ def calibrate_bn(
         configs: the configurations to calibrate (validated against the model's space).
         num_batches: batches to average over (9 in the paper).
         input_fn: ``(batch, cfg) -> model input``; default: ``clip_for_config``.
-        device: where batches are moved by the default ``input_fn``.
+        device: where batches are moved by the default ``input_fn`` (default: the model's).
 
     Returns:
         The number of batches used.

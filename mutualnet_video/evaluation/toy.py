@@ -16,6 +16,8 @@ Both carry their :class:`ConfigSpace` (``attach_space``) and take the inputs of
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -31,11 +33,11 @@ __all__ = ["toy_x3d", "toy_slowfast"]
 
 
 class _SE(nn.Module):
-    def __init__(self, channels: int, reduced: int) -> None:
+    def __init__(self, channels: int, reduced: int, *, conv: Callable = SlimConv3d) -> None:
         super().__init__()
-        self.fc1 = SlimConv3d(channels, reduced, kernel_size=1, bias=True)
+        self.fc1 = conv(channels, reduced, kernel_size=1, bias=True)
         self.act = nn.ReLU()
-        self.fc2 = SlimConv3d(reduced, channels, kernel_size=1, bias=True)
+        self.fc2 = conv(reduced, channels, kernel_size=1, bias=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = x.mean(dim=(2, 3, 4), keepdim=True)
@@ -43,17 +45,18 @@ class _SE(nn.Module):
 
 
 class _X3DBlock(nn.Module):
-    def __init__(self, channels: int, inner: int) -> None:
+    def __init__(self, channels: int, inner: int, *, se: int = 8, conv: Callable = SlimConv3d,
+                 norm: Callable = SlimBatchNorm3d) -> None:
         super().__init__()
-        self.conv_a = SlimConv3d(channels, inner, kernel_size=1, bias=False)
-        self.norm_a = SlimBatchNorm3d(inner)
+        self.conv_a = conv(channels, inner, kernel_size=1, bias=False)
+        self.norm_a = norm(inner)
         self.act_a = nn.ReLU()
-        self.conv_b = SlimConv3d(inner, inner, kernel_size=3, padding=1, groups=inner, bias=False)
-        self.norm_b = SlimBatchNorm3d(inner)
-        self.se = _SE(inner, 8)
+        self.conv_b = conv(inner, inner, kernel_size=3, padding=1, groups=inner, bias=False)
+        self.norm_b = norm(inner)
+        self.se = _SE(inner, se, conv=conv)
         self.act_b = nn.SiLU()
-        self.conv_c = SlimConv3d(inner, channels, kernel_size=1, bias=False)
-        self.norm_c = SlimBatchNorm3d(channels)
+        self.conv_c = conv(inner, channels, kernel_size=1, bias=False)
+        self.norm_c = norm(channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.act_a(self.norm_a(self.conv_a(x)))
@@ -62,22 +65,33 @@ class _X3DBlock(nn.Module):
 
 
 class ToyX3D(nn.Module):
-    """Stem -> X3D-like block -> adaptive pool -> dropout -> linear. Input ``(N, 3, T, S, S)``."""
+    """Stem -> X3D-like blocks -> adaptive pool -> dropout -> linear. Input ``(N, 3, T, S, S)``.
 
-    def __init__(self, *, num_classes: int = 7, channels: int = 16, inner: int = 32) -> None:
+    ``conv``/``norm``/``linear`` are the layer callables (``nn.Conv3d``, ``nn.BatchNorm3d``,
+    ``nn.Linear`` build the stock network of the same shape). One block is named
+    ``block``; more are ``block``, ``block1``, ``block2``...
+    """
+
+    def __init__(self, *, num_classes: int = 7, channels: int = 16, inner: int = 32, se: int = 8, blocks: int = 1,
+                 conv: Callable = SlimConv3d, norm: Callable = SlimBatchNorm3d,
+                 linear: Callable = SlimLinear) -> None:
         super().__init__()
-        self.stem_conv = SlimConv3d(3, channels, kernel_size=(1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1), bias=False)
-        self.stem_norm = SlimBatchNorm3d(channels)
+        self.stem_conv = conv(3, channels, kernel_size=(1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1), bias=False)
+        self.stem_norm = norm(channels)
         self.stem_act = nn.ReLU()
-        self.block = _X3DBlock(channels, inner)
+        self.block = _X3DBlock(channels, inner, se=se, conv=conv, norm=norm)
+        for i in range(1, blocks):
+            self.add_module(f"block{i}", _X3DBlock(channels, inner, se=se, conv=conv, norm=norm))
+        self.blocks = blocks
         self.pool = nn.AdaptiveAvgPool3d(1)
         self.dropout = nn.Dropout(0.5)
-        self.proj = SlimLinear(channels, num_classes)
+        self.proj = linear(channels, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem_act(self.stem_norm(self.stem_conv(x)))
-        x = self.pool(self.block(x)).flatten(1)
-        return self.proj(self.dropout(x))
+        x = self.block(self.stem_act(self.stem_norm(self.stem_conv(x))))
+        for i in range(1, self.blocks):
+            x = getattr(self, f"block{i}")(x)
+        return self.proj(self.dropout(self.pool(x).flatten(1)))
 
 
 class ToySlowFast(nn.Module):
@@ -111,11 +125,11 @@ class ToySlowFast(nn.Module):
 
 def toy_x3d(*, num_classes: int = 7, width_range: tuple[float, float] = (0.5, 1.0),
             frames: tuple[int, ...] = (4, 2), crops: tuple[int, ...] = (32, 24), channels: int = 16,
-            inner: int = 32, seed: int | None = 0) -> ToyX3D:
+            inner: int = 32, se: int = 8, blocks: int = 1, seed: int | None = 0) -> ToyX3D:
     """A tiny X3D-like slimmable net with its space attached (random BN statistics if ``seed``)."""
     if seed is not None:
         torch.manual_seed(seed)
-    model = ToyX3D(num_classes=num_classes, channels=channels, inner=inner)
+    model = ToyX3D(num_classes=num_classes, channels=channels, inner=inner, se=se, blocks=blocks)
     _randomize_bn(model)
     return attach_space(model, ConfigSpace(width_range, frames=frames, crops=crops))
 
