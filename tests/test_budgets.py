@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import sys
 import warnings
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from mutualnet_video.evaluation.budgets import (
     save_budgets,
     select_config,
 )
-from mutualnet_video.evaluation.calibration import calibrate_bn
+from mutualnet_video.evaluation.calibration import NotCalibratedError, calibrate_bn
 from mutualnet_video.evaluation.evaluator import evaluate_configs
 from mutualnet_video.evaluation.runner import calibrated_path, load_weights, run_budgets, save_weights
 from mutualnet_video.evaluation.toy import toy_slowfast, toy_x3d
@@ -275,3 +276,55 @@ def test_load_and_save_weights(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.pth"):
         load_weights(fresh, tmp_path / "nope.pth")
     assert not list(tmp_path.glob("*.tmp"))
+
+
+class _Views(torch.utils.data.IterableDataset):
+    """Stand-in for the data helper's multi-view Kinetics dataset (per-sample dicts)."""
+
+    def __init__(self, *, temporal, spatial, frames, videos=2):
+        self.temporal, self.spatial, self.frames, self.videos = temporal, spatial, frames, videos
+
+    def __iter__(self):
+        gen = torch.Generator().manual_seed(0)
+        for v in range(self.videos):
+            for t in range(self.temporal):
+                for s in range(self.spatial):
+                    yield {"video": torch.randn(3, self.frames, 32, 32, generator=gen), "label": v % 3,
+                           "video_index": v, "clip_index": t, "aug_index": s}
+
+
+def test_test_net_cli_end_to_end_with_stand_ins(tmp_path, monkeypatch, capsys):
+    """tools/test_net.py against stand-ins of the planned engine/data/flops APIs."""
+    import types
+
+    import mutualnet_video.data
+
+    config = types.ModuleType("mutualnet_video.engine.config")
+    config.load_config = lambda path, overrides: {"data": {"path": str(tmp_path), "batch_size": 4}, "opts": overrides}
+    config.build_model = lambda cfg: toy_x3d(num_classes=3, seed=7)
+    flops = types.ModuleType("mutualnet_video.evaluation.flops")
+    flops.count_flops, flops.count_params = _flops, _params
+    monkeypatch.setitem(sys.modules, "mutualnet_video.engine.config", config)
+    monkeypatch.setitem(sys.modules, "mutualnet_video.evaluation.flops", flops)
+
+    def kinetics_dataset(*, data_path, split, space, decoder, temporal_clips=1, spatial_crops=1):
+        assert data_path == str(tmp_path) and decoder == "pyav"
+        return _Views(temporal=temporal_clips, spatial=spatial_crops, frames=space.full().frames,
+                      videos=8 if split == "train" else 2)
+
+    monkeypatch.setattr(mutualnet_video.data, "kinetics_dataset", kinetics_dataset, raising=False)
+    ckpt = save_weights({"model": toy_x3d(num_classes=3, seed=1).state_dict()}, tmp_path / "model.pth")
+    test_net = _tool("test_net")
+    args = ["--config", "x.yaml", "--checkpoint", str(ckpt), "--widths", "1.0", "0.5", "--frames", "2",
+            "--crops", "24", "--views", "1x1,2x3", "--output", str(tmp_path / "out")]
+    with pytest.raises(NotCalibratedError, match="--calibrate"):
+        test_net.main(args)
+    assert test_net.main([*args, "--calibrate", "--calib-batches", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "model_calibrated.pth" in out and "GFLOPs/video" in out
+    records = load_budgets(tmp_path / "out" / "budgets.json")
+    assert [(r.width, r.views) for r in records] == [(1.0, "1x1"), (1.0, "2x3"), (0.5, "1x1"), (0.5, "2x3")]
+    # the calibrated checkpoint evaluates without --calibrate and gives the same table
+    args[args.index(str(ckpt))] = str(tmp_path / "model_calibrated.pth")
+    assert test_net.main(args) == 0
+    assert load_budgets(tmp_path / "out" / "budgets.json") == records

@@ -213,3 +213,40 @@ def test_export_real_slowfast():
     model = create(model_depth=18, model_num_class=5, stem_dim_outs=(16, 2), head_activation=None,
                    width_range=(0.5, 1.0), frames=(4, 2), crops=(64, 48))
     _export_check(model, [SubnetConfig(1.0, 4, 64), SubnetConfig(0.5, 2, 48)])
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_export_net_cli_with_stand_ins(tmp_path, monkeypatch, capsys, fmt):
+    """tools/export_net.py against a stand-in of the planned engine config API."""
+    import importlib.util
+    import sys
+    import types
+    from pathlib import Path
+
+    from mutualnet_video.evaluation.runner import save_weights
+
+    model = _calibrated(toy_x3d)
+    config = types.ModuleType("mutualnet_video.engine.config")
+    config.load_config = lambda path, overrides: {}
+    config.build_model = lambda cfg: toy_x3d(seed=5)
+    monkeypatch.setitem(sys.modules, "mutualnet_video.engine.config", config)
+    ckpt = save_weights({"model": model.state_dict()}, tmp_path / "m.pth")
+    spec = importlib.util.spec_from_file_location("export_net", Path(__file__).parents[1] / "tools" / "export_net.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    out = tmp_path / f"sub.{fmt}"
+    assert tool.main(["--config", "x.yaml", "--checkpoint", str(ckpt), "--width", "0.5", "--frames", "2",
+                      "--crop", "24", "--format", fmt, "--output", str(out), "--fold-bn"]) == 0
+    assert "BN folded: 4" in capsys.readouterr().out and out.stat().st_size > 1000
+    x = example_inputs(model, SubnetConfig(0.5, 2, 24), seed=4)
+    if fmt == "torchscript":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            got = torch.jit.load(str(out))(x)
+    else:
+        ort = pytest.importorskip("onnxruntime")
+        got = torch.from_numpy(ort.InferenceSession(str(out)).run(None, {"input": x.numpy()})[0])
+    torch.testing.assert_close(got, _reference(model, SubnetConfig(0.5, 2, 24), x), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="crop=40"):
+        tool.main(["--config", "x.yaml", "--checkpoint", str(ckpt), "--width", "0.5", "--frames", "2",
+                   "--crop", "40", "--format", fmt, "--output", str(out)])

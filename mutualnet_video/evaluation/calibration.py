@@ -136,7 +136,7 @@ def calibrate_bn(
     if plain:
         warnings.warn(
             f"{len(plain)} plain BatchNorm layers (e.g. {plain[0]!r}) cannot keep statistics per "
-            "configuration and are left as they are", stacklevel=2,
+            "configuration and are left as they are", stacklevel=3,
         )
     if input_fn is None:
         input_fn = _default_input_fn(model, device)
@@ -193,7 +193,7 @@ def calibrate_bn(
             raise ValueError("calibrate_bn: `batches` yielded no batch")
         if used < num_batches:
             warnings.warn(f"calibrate_bn: only {used} of the {num_batches} batches asked for were available",
-                          stacklevel=2)
+                          stacklevel=3)
         for cfg in configs:
             for name, bn in bns:
                 if name not in channels[cfg]:  # layer unused at this configuration

@@ -163,7 +163,7 @@ def evaluate_configs(
             result = accumulators[cfg, spec].compute(expected_views=spec.num_views)
             if result["incomplete_videos"]:
                 warnings.warn(f"{cfg} at {spec} views: {result['incomplete_videos']} of {result['num_videos']} "
-                              "videos had fewer views than expected (decode failures?)", stacklevel=2)
+                              "videos had fewer views than expected (decode failures?)", stacklevel=3)
             records.append(BudgetRecord(
                 width=cfg.width, frames=cfg.frames, crop=cfg.crop, views=str(spec),
                 gflops_per_view=gflops, gflops_per_video=gflops * spec.num_views, params=params,
