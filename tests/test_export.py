@@ -18,6 +18,7 @@ from mutualnet_video.core import (
     SubnetConfig,
     attach_space,
     get_space,
+    scale_channels,
     use_config,
 )
 from mutualnet_video.evaluation.calibration import calibrate_bn
@@ -46,9 +47,14 @@ def _calibrated(make):
     return model
 
 
+def _copy(x):
+    """A fresh list per call: two-pathway models overwrite their input list (like PyTorchVideo's)."""
+    return list(x) if isinstance(x, list) else x
+
+
 def _reference(model, cfg, x):
     with torch.no_grad(), use_config(model.eval(), cfg):
-        return model(x)
+        return model(_copy(x))
 
 
 @pytest.mark.parametrize("make", [toy_x3d, toy_slowfast])
@@ -61,8 +67,12 @@ def test_exported_equals_slimmable_at_every_config(make, fold_bn):
         assert not any(isinstance(m, SlimmableModule) for m in static.modules())
         assert get_space(static) is None and not static.training
         x = example_inputs(model, cfg, batch=2, seed=11)  # another input than the built-in check's
+        if isinstance(x, list):  # export_subnet must not feed the caller's list to the model
+            given = list(x)
+            export_subnet(model, cfg, fold_bn=fold_bn, inputs=x)
+            assert all(a is b for a, b in zip(x, given))
         with torch.no_grad():
-            got = static(x)
+            got = static(_copy(x))
         tol = 1e-4 if fold_bn else 1e-5
         torch.testing.assert_close(got, _reference(model, cfg, x), rtol=tol, atol=tol)
         if not fold_bn:  # same module names, sliced sizes
@@ -157,7 +167,7 @@ def test_torchscript_round_trip(tmp_path):
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load deprecation notice
         loaded = torch.jit.load(str(path))
     with torch.no_grad():
-        torch.testing.assert_close(loaded(x), _reference(model, cfg, x), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(loaded(_copy(x)), _reference(model, cfg, x), rtol=1e-4, atol=1e-4)
     with pytest.raises(TypeError, match="export_subnet"):
         export_torchscript(model, x, tmp_path / "slim.pt")
 
@@ -176,6 +186,89 @@ def test_onnx_matches_in_onnxruntime(tmp_path, make):
     assert names == (["slow", "fast"] if isinstance(x, list) else ["input"])
     [out] = session.run(["logits"], {n: t.numpy() for n, t in zip(names, tensors)})
     torch.testing.assert_close(torch.from_numpy(out), _reference(model, cfg, x), rtol=1e-4, atol=1e-4)
+
+
+# -- PyTorchVideo models converted by hand (the exporter knows no architecture) -------------
+def _slim_copy(child: nn.Module, **kw) -> nn.Module:
+    if type(child) is nn.Conv3d:
+        new = SlimConv3d(child.in_channels, child.out_channels, child.kernel_size, stride=child.stride,
+                         padding=child.padding, dilation=child.dilation, groups=child.groups,
+                         bias=child.bias is not None, **kw)
+    elif type(child) is nn.BatchNorm3d:
+        new = SlimBatchNorm3d(child.num_features, eps=child.eps, momentum=child.momentum)
+    else:
+        new = SlimLinear(child.in_features, child.out_features, bias=child.bias is not None, **kw)
+    new.load_state_dict(child.state_dict(), strict=True)
+    return new
+
+
+def _convert(model: nn.Module, rule) -> nn.Module:
+    """Every nn.Conv3d/BatchNorm3d/Linear -> its slim twin (kwargs from ``rule(name, module)``);
+    fixed-size AvgPool3d -> adaptive (REFERENCE: heads pool with a kernel fixed at build time)."""
+    for name, child in list(model.named_modules()):
+        parent_name, _, attr = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        if type(child) in (nn.Conv3d, nn.BatchNorm3d, nn.Linear):
+            setattr(parent, attr, _slim_copy(child, **rule(name, child)))
+        elif type(child) is nn.AvgPool3d:
+            setattr(parent, attr, nn.AdaptiveAvgPool3d(1))
+    return model
+
+
+def _check_two_configs(model, configs):
+    space = get_space(model)
+    clip = torch.randn(2, 3, 4 * (space.slowfast_alpha or 1), 64, 64, generator=torch.Generator().manual_seed(0))
+    calibrate_bn(model, [clip], configs, num_batches=1)
+    for cfg, fold in zip(configs, (False, True)):
+        static = export_subnet(model, cfg, fold_bn=fold)
+        assert not any(isinstance(m, SlimmableModule) for m in static.modules())
+        assert bool(static.folded_bn) == fold
+        x = example_inputs(model, cfg, seed=1)
+        with torch.no_grad():
+            torch.testing.assert_close(static(_copy(x)), _reference(model, cfg, x), rtol=1e-4, atol=1e-4)
+    return static
+
+
+def test_export_hand_converted_pytorchvideo_x3d():
+    """X3D-XS: depthwise convs (groups = active channels), fvcore SE, projected-pool head."""
+    x3d = pytest.importorskip("pytorchvideo.models.x3d")
+    torch.manual_seed(0)
+    model = x3d.create_x3d(input_clip_length=4, input_crop_size=64, model_num_class=5, head_activation=None)
+    model = attach_space(_convert(model, lambda name, m: {}), ConfigSpace((0.5, 1.0), frames=(4, 2), crops=(64, 48)))
+    inner = model.blocks[1].res_blocks[0].branch2.conv_b.out_channels
+    static = _check_two_configs(model, [SubnetConfig(1.0, 4, 64), SubnetConfig(0.5, 2, 48)])
+    dw = static.blocks[1].res_blocks[0].branch2.conv_b
+    assert dw.groups == dw.in_channels == dw.out_channels == scale_channels(inner, 0.5) < inner
+
+
+def test_export_hand_converted_pytorchvideo_slowfast():
+    """SlowFast-R18: slimmed Slow pathway, full Fast pathway and laterals, concatenations via in_splits."""
+    slowfast = pytest.importorskip("pytorchvideo.models.slowfast")
+    torch.manual_seed(0)
+    model = slowfast.create_slowfast(model_depth=18, model_num_class=5, head_activation=None,
+                                     slowfast_fusion_conv_stride=(2, 1, 1))
+    fuse = {i: b.multipathway_fusion.conv_fast_to_slow.out_channels for i, b in enumerate(model.blocks)
+            if hasattr(getattr(b, "multipathway_fusion", None), "conv_fast_to_slow")}
+    fast_out = model.blocks[4].multipathway_blocks[1].res_blocks[-1].branch2.conv_c.out_channels
+
+    def rule(name, m):
+        parts = name.split(".")
+        slow = "multipathway_blocks" in parts[:-1] and parts[parts.index("multipathway_blocks") + 1] == "0"
+        if isinstance(m, nn.Linear):
+            return {"in_splits": ((m.in_features - fast_out, True), (fast_out, False))}
+        if isinstance(m, nn.BatchNorm3d):
+            return {}
+        kw = {"slim_out": slow}
+        if slow and int(parts[1]) - 1 in fuse and ".res_blocks.0." in name and parts[-1] in ("conv_a", "branch1_conv"):
+            lateral = fuse[int(parts[1]) - 1]
+            kw["in_splits"] = ((m.in_channels - lateral, True), (lateral, False))
+        return kw
+
+    model = attach_space(_convert(model, rule),
+                         ConfigSpace((0.5, 1.0), frames=(4, 2), crops=(64, 48), slowfast_alpha=2))
+    static = _check_two_configs(model, [SubnetConfig(1.0, 4, 64), SubnetConfig(0.5, 2, 48)])
+    assert static.blocks[0].multipathway_blocks[1].conv.out_channels == 8  # Fast pathway keeps its width
+    assert static.blocks[1].multipathway_blocks[0].res_blocks[0].branch2.conv_a.in_channels == 32 + 16
 
 
 # -- real PyTorchVideo models (enabled once mutualnet_video.models provides them) --------
@@ -198,7 +291,7 @@ def _export_check(model, configs):
             assert not any(isinstance(m, SlimmableModule) for m in static.modules())
             x = example_inputs(model, cfg, seed=1)
             with torch.no_grad():
-                torch.testing.assert_close(static(x), _reference(model, cfg, x), rtol=1e-4, atol=1e-4)
+                torch.testing.assert_close(static(_copy(x)), _reference(model, cfg, x), rtol=1e-4, atol=1e-4)
 
 
 def test_export_real_x3d():

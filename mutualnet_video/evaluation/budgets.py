@@ -322,7 +322,7 @@ def measure_latency(model: nn.Module, cfg: SubnetConfig | None = None, *, repeat
             for i in range(warmup + repeats):
                 sync()
                 start = time.perf_counter()
-                model(inputs)
+                model(list(inputs) if isinstance(inputs, list) else inputs)  # PyTorchVideo overwrites lists
                 sync()
                 if i >= warmup:
                     times.append((time.perf_counter() - start) * 1e3)

@@ -114,9 +114,11 @@ class ToySlowFast(nn.Module):
         self.proj = SlimLinear(2 * slow + fast, num_classes, in_splits=((2 * slow, True), (fast, False)))
 
     def forward(self, x: list[torch.Tensor]) -> torch.Tensor:
+        # Overwrites the input list, like PyTorchVideo's MultiPathWayWithFuse(inplace=True): callers
+        # must not feed the same list twice.
+        x[0] = torch.relu(self.slow_norm(self.slow_conv(x[0])))
+        x[1] = torch.relu(self.fast_norm(self.fast_conv(x[1])))
         slow, fast = x
-        slow = torch.relu(self.slow_norm(self.slow_conv(slow)))
-        fast = torch.relu(self.fast_norm(self.fast_conv(fast)))
         slow = torch.cat([slow, self.lateral(fast)], dim=1)
         slow = torch.relu(self.fuse_norm(self.fuse_conv(slow)))
         feats = torch.cat([self.pool(slow).flatten(1), self.pool(fast).flatten(1)], dim=1)

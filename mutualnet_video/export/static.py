@@ -70,6 +70,12 @@ def example_inputs(model: nn.Module, cfg: SubnetConfig, *, batch: int = 1, seed:
     return [rand(t) for t in shape] if isinstance(shape, list) else rand(shape)
 
 
+def _fresh(inputs: ModelInput) -> ModelInput:
+    """A new list for a two-pathway input: PyTorchVideo's ``MultiPathWayWithFuse`` (``inplace=True``)
+    overwrites the list it is given with its outputs, so a list must never be fed twice."""
+    return list(inputs) if isinstance(inputs, list | tuple) else inputs
+
+
 def _tensors(x: Any) -> list[torch.Tensor]:
     if isinstance(x, torch.Tensor):
         return [x]
@@ -324,7 +330,7 @@ def export_subnet(
         exported.folded_bn = sorted(pairs.values())  # type: ignore[assignment]
         if check:
             with torch.no_grad():
-                got = _tensors(exported(inputs))
+                got = _tensors(exported(_fresh(inputs)))
             tol = 1e-4 if fold_bn else 1e-5
             for g, r in zip(got, reference, strict=True):
                 torch.testing.assert_close(g, r, rtol=rtol if rtol is not None else tol,
@@ -344,7 +350,7 @@ def _atomic_target(path: Path) -> Path:
 
 
 def _as_args(inputs: ModelInput) -> tuple:
-    return (inputs,)
+    return (_fresh(inputs),)
 
 
 def export_torchscript(module: nn.Module, inputs: ModelInput, path: str | os.PathLike) -> Path:
@@ -355,7 +361,9 @@ def export_torchscript(module: nn.Module, inputs: ModelInput, path: str | os.Pat
     module.eval()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", category=FutureWarning)  # torch.jit deprecation notice
-        traced = torch.jit.trace(module, _as_args(inputs), check_trace=True)
+        traced = torch.jit.trace(module, _as_args(inputs), check_trace=False)  # checked below, on fresh lists
+        torch.testing.assert_close(_tensors(traced(_fresh(inputs))), _tensors(module(_fresh(inputs))),
+                                   msg=lambda m: f"the traced module differs from the module: {m}")
     tmp = _atomic_target(path)
     try:
         traced.save(str(tmp))
