@@ -343,3 +343,20 @@ def test_export_net_cli_with_stand_ins(tmp_path, monkeypatch, capsys, fmt):
     with pytest.raises(ValueError, match="crop=40"):
         tool.main(["--config", "x.yaml", "--checkpoint", str(ckpt), "--width", "0.5", "--frames", "2",
                    "--crop", "40", "--format", fmt, "--output", str(out)])
+
+
+def test_export_2d_network():
+    """2D layers follow the same rules (frames=None configurations)."""
+    from mutualnet_video.core import SlimBatchNorm2d, SlimConv2d
+
+    torch.manual_seed(0)
+    model = nn.Sequential(SlimConv2d(3, 16, 3, stride=2, padding=1, bias=False), SlimBatchNorm2d(16), nn.ReLU(),
+                          SlimConv2d(16, 16, 3, padding=1, groups=16, bias=False), SlimBatchNorm2d(16), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), SlimLinear(16, 4))
+    attach_space(model, ConfigSpace((0.5, 1.0), crops=(32, 24)))
+    cfg = SubnetConfig(0.5, None, 24)
+    calibrate_bn(model, [torch.randn(4, 3, 32, 32)], [cfg], num_batches=1)
+    static = export_subnet(model, cfg, fold_bn=True)
+    assert isinstance(static[0], nn.Conv2d) and static[3].groups == 8 and static.folded_bn == ["1", "4"]
+    x = torch.randn(2, 3, 24, 24)
+    torch.testing.assert_close(static(x), _reference(model, cfg, x), rtol=1e-4, atol=1e-4)
