@@ -4,9 +4,10 @@ static sub-network against the slimmable model (and a stock model of the same sh
 
     python benchmarks/budgets_latency.py [--model mutual_x3d_xs] [--threads 1] [--repeats 15]
 
-Everything is measured side by side in ONE run, interleaved round by round (slimmable,
-exported, stock) so machine noise hits all three alike; each number is the median over
-rounds of ``measure_latency`` medians (batch 1, eval mode, no grad, threads pinned).
+Everything is measured side by side in ONE run, interleaved: each round visits every
+configuration and, for each, the slimmable, exported and stock models, so load drifting
+over the run hits all alike; each number is the median over rounds of
+``measure_latency`` medians (batch 1, eval mode, no grad, threads pinned).
 
 Model: a real one from ``mutualnet_video.models.create_model`` if that package is
 importable, else the toy X3D-like net of ``mutualnet_video.evaluation.toy`` (the output
@@ -113,23 +114,28 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.rounds} interleaved rounds x {args.repeats} repeats, medians")
     print(f"{'config':>16} {'GFLOPs':>8} {'slim ms':>8} {'export ms':>9} {'stock ms':>8} "
           f"{'export/slim':>11} {'export/stock':>12}")
-    rows = []
+    prepared = []
     for cfg in configs:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             static = export_subnet(model, cfg)
-        stock = _stock_like(static, model) if is_toy else None
-        inputs = dummy_input(space, cfg)
-        times: dict[str, list[float]] = {"slim": [], "export": [], "stock": []}
-        for _ in range(args.rounds):
-            times["slim"].append(measure_latency(model, cfg, repeats=args.repeats, warmup=2, threads=args.threads))
-            times["export"].append(measure_latency(static, inputs=inputs, repeats=args.repeats, warmup=2,
-                                                   threads=args.threads))
+        prepared.append((cfg, static, _stock_like(static, model) if is_toy else None, dummy_input(space, cfg)))
+    # Rounds outside, configurations inside: load drifting over the run hits every configuration alike.
+    times = {cfg: {"slim": [], "export": [], "stock": []} for cfg in configs}
+    for _ in range(args.rounds):
+        for cfg, static, stock, inputs in prepared:
+            t = times[cfg]
+            t["slim"].append(measure_latency(model, cfg, repeats=args.repeats, warmup=2, threads=args.threads))
+            t["export"].append(measure_latency(static, inputs=inputs, repeats=args.repeats, warmup=2,
+                                               threads=args.threads))
             if stock is not None:
-                times["stock"].append(measure_latency(stock, inputs=inputs, repeats=args.repeats, warmup=2,
-                                                      threads=args.threads))
-        slim, export = statistics.median(times["slim"]), statistics.median(times["export"])
-        stock_ms = statistics.median(times["stock"]) if times["stock"] else float("nan")
+                t["stock"].append(measure_latency(stock, inputs=inputs, repeats=args.repeats, warmup=2,
+                                                  threads=args.threads))
+    rows = []
+    for cfg in configs:
+        t = times[cfg]
+        slim, export = statistics.median(t["slim"]), statistics.median(t["export"])
+        stock_ms = statistics.median(t["stock"]) if t["stock"] else float("nan")
         gflops = flops_fn(model, cfg) / 1e9
         rows.append((cfg, gflops, slim, export, stock_ms))
         print(f"{cfg.tag:>16} {gflops:>8.4f} {slim:>8.2f} {export:>9.2f} {stock_ms:>8.2f} "
