@@ -328,3 +328,17 @@ def test_test_net_cli_end_to_end_with_stand_ins(tmp_path, monkeypatch, capsys):
     args[args.index(str(ckpt))] = str(tmp_path / "model_calibrated.pth")
     assert test_net.main(args) == 0
     assert load_budgets(tmp_path / "out" / "budgets.json") == records
+
+
+def test_evaluate_runs_only_the_views_a_spec_uses():
+    model = toy_x3d(num_classes=3)
+    loader = _Loader(model, videos=3, temporal=2, spatial=3)
+    calls = []
+    model.register_forward_pre_hook(lambda m, args: calls.append(args[0].shape[0]))
+    configs = [SubnetConfig(0.5, 2, 24)]
+    [record] = evaluate_configs(model, loader, configs, views=("1x1",), loader_views="2x3", progress=False,
+                                flops_fn=_flops, params_fn=lambda m, c: 1)
+    assert sum(calls) == 3  # one view of each video, not 18
+    view_probs = _hand_view_probs(model, loader, configs[0])
+    assert record.top1 == pytest.approx(
+        _hand_top1(loader, view_probs, lambda s: s["clip_index"] == 1 and s["aug_index"] == 1))

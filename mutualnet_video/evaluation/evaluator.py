@@ -55,6 +55,20 @@ def _field(batch: Any, key: str) -> torch.Tensor:
     return torch.as_tensor(batch[key]).reshape(-1)
 
 
+def _subset(batch: dict[str, Any], keep: torch.Tensor) -> dict[str, Any]:
+    """The rows of a collated batch where ``keep`` is True (tensors and lists of length N)."""
+    n, index = keep.numel(), keep.nonzero().flatten()
+    out: dict[str, Any] = {}
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == n:
+            out[key] = value[index.to(value.device)]
+        elif isinstance(value, list | tuple) and len(value) == n:
+            out[key] = [value[i] for i in index.tolist()]
+        else:
+            out[key] = value
+    return out
+
+
 @torch.inference_mode()
 def evaluate_configs(
     model: nn.Module,
@@ -138,6 +152,10 @@ def evaluate_configs(
             keep = torch.stack(list(masks.values())).any(dim=0)
             if not bool(keep.any()):
                 continue
+            if not bool(keep.all()):  # views no spec uses are not run
+                batch = _subset(batch, keep)
+                labels, videos = labels[keep], videos[keep]
+                masks = {spec: mask[keep] for spec, mask in masks.items()}
             for cfg in configs:
                 set_config(model, cfg, validate=False)
                 inputs = input_fn(batch, cfg)
