@@ -1,0 +1,51 @@
+"""Public API of ``mutualnet_video.evaluation`` (calibration, multi-view testing, budget tables).
+
+``mutualnet_video/evaluation/__init__.py`` re-exports these names together with
+``count_flops`` / ``count_params`` from ``flops.py``.
+"""
+
+from .budgets import (
+    BudgetRecord,
+    format_table,
+    load_budgets,
+    mark_pareto,
+    measure_latency,
+    pareto_front,
+    plot_budgets,
+    save_budgets,
+    select_config,
+)
+from .calibration import NotCalibratedError, calibrate_bn, check_calibrated, missing_calibration
+from .evaluator import evaluate_configs
+from .multiview import MultiViewAccumulator, ViewSpec, aggregate_views, topk_correct, view_indices, view_mask
+from .runner import calibrated_path, load_weights, run_budgets, save_weights
+
+evaluate = evaluate_configs  # the name the contract plans
+
+__all__ = [
+    "BudgetRecord",
+    "MultiViewAccumulator",
+    "NotCalibratedError",
+    "ViewSpec",
+    "aggregate_views",
+    "calibrate_bn",
+    "calibrated_path",
+    "check_calibrated",
+    "evaluate",
+    "evaluate_configs",
+    "format_table",
+    "load_budgets",
+    "load_weights",
+    "mark_pareto",
+    "measure_latency",
+    "missing_calibration",
+    "pareto_front",
+    "plot_budgets",
+    "run_budgets",
+    "save_weights",
+    "save_budgets",
+    "select_config",
+    "topk_correct",
+    "view_indices",
+    "view_mask",
+]

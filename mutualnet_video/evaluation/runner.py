@@ -1,0 +1,125 @@
+"""What ``tools/test_net.py`` runs, as library functions: weights in, budget table out.
+
+* :func:`load_weights`: a checkpoint into a model, ``weights_only=True``, strict, the
+  mismatched keys named.
+* :func:`save_weights`: an atomic checkpoint write (temporary file + ``os.replace``).
+* :func:`run_budgets`: optional BN calibration, evaluation of every configuration x
+  views, ``budgets.json`` / ``budgets.csv`` and the accuracy-vs-cost plots.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..core import SubnetConfig
+from .budgets import BudgetRecord, format_table, plot_budgets, save_budgets
+from .calibration import calibrate_bn
+from .evaluator import FlopsFn, evaluate_configs
+
+__all__ = ["load_weights", "save_weights", "calibrated_path", "run_budgets"]
+
+
+def _state_dict_of(payload: Any, path: Path) -> dict[str, torch.Tensor]:
+    if isinstance(payload, dict) and "model" in payload and isinstance(payload["model"], dict):
+        payload = payload["model"]
+    if not isinstance(payload, dict) or not all(isinstance(k, str) for k in payload):
+        raise ValueError(f"{path}: not a state dict nor a checkpoint with a 'model' state dict")
+    if payload and all(k.startswith("module.") for k in payload):  # saved from a DDP wrapper
+        payload = {k[len("module."):]: v for k, v in payload.items()}
+    return payload
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> dict:
+    """Load ``path`` (a state dict, or a checkpoint dict with ``"model"``) into ``model``, strictly.
+
+    Returns the whole checkpoint payload. Raises ``FileNotFoundError`` naming the path and
+    ``RuntimeError`` naming the missing / unexpected / mis-shaped keys.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    payload = torch.load(path, map_location=map_location, weights_only=True)
+    state = _state_dict_of(payload, path)
+    expected = {k for k in model.state_dict() if ".config_stats." not in k}
+    given = {k for k in state if ".config_stats." not in k}
+    missing, unexpected = sorted(expected - given), sorted(given - expected)
+    if missing or unexpected:
+        raise RuntimeError(
+            f"{path} does not match the model: missing keys {missing[:10]}{' ...' if len(missing) > 10 else ''}, "
+            f"unexpected keys {unexpected[:10]}{' ...' if len(unexpected) > 10 else ''}"
+        )
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise RuntimeError(f"{path}: {e}") from None
+    return payload if isinstance(payload, dict) else {"model": state}
+
+
+def save_weights(payload: dict[str, Any], path: str | os.PathLike) -> Path:
+    """``torch.save`` to a temporary file in the same folder, then ``os.replace`` (atomic)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return path
+
+
+def calibrated_path(checkpoint: str | os.PathLike) -> Path:
+    """``model.pth`` -> ``model_calibrated.pth`` (next to it)."""
+    checkpoint = Path(checkpoint)
+    return checkpoint.with_name(f"{checkpoint.stem}_calibrated{checkpoint.suffix or '.pth'}")
+
+
+def run_budgets(
+    model: nn.Module,
+    *,
+    test_loader: Iterable[dict[str, Any]],
+    configs: Sequence[SubnetConfig],
+    views: Sequence[str] = ("1x1",),
+    output_dir: str | os.PathLike,
+    calibration_batches: Iterable[Any] | None = None,
+    calibration_num_batches: int = 9,
+    device: torch.device | str = "cpu",
+    flops_fn: FlopsFn | None = None,
+    params_fn: FlopsFn | None = None,
+    latency_repeats: int = 0,
+    latency_threads: int | None = None,
+    max_batches: int | None = None,
+    progress: bool = True,
+    meta: dict[str, Any] | None = None,
+) -> list[BudgetRecord]:
+    """Calibrate (if ``calibration_batches``), evaluate, and write the budget table.
+
+    Writes ``budgets.json``, ``budgets.csv``, ``top1_vs_gflops.png`` and, with latency,
+    ``top1_vs_latency.png`` into ``output_dir``. Without calibration batches the model
+    must already hold calibrated statistics for every configuration
+    (:class:`NotCalibratedError` otherwise).
+    """
+    if calibration_batches is not None:
+        calibrate_bn(model, calibration_batches, configs, num_batches=calibration_num_batches, device=device)
+    records = evaluate_configs(
+        model, test_loader, configs, views=views, device=device, progress=progress, flops_fn=flops_fn,
+        params_fn=params_fn, require_calibrated=True, latency_repeats=latency_repeats,
+        latency_threads=latency_threads, max_batches=max_batches,
+    )
+    output_dir = Path(output_dir)
+    meta = dict(meta or {}, views=list(views), latency_threads=latency_threads,
+                torch=torch.__version__, device=str(device))
+    save_budgets(records, output_dir, meta=meta)
+    plot_budgets(records, output_dir / "top1_vs_gflops.png", cost="gflops_per_video")
+    if latency_repeats > 0:
+        plot_budgets(records, output_dir / "top1_vs_latency.png", cost="latency_ms")
+    (output_dir / "budgets.txt").write_text(format_table(records) + "\n", encoding="utf-8")
+    return records

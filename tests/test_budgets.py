@@ -1,0 +1,344 @@
+"""Budget tables: Pareto front, queries, files, plots, latency and the evaluator."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from mutualnet_video.core import SubnetConfig, clip_for_config, current_config, set_config, use_config
+from mutualnet_video.evaluation.budgets import (
+    BudgetRecord,
+    format_table,
+    load_budgets,
+    mark_pareto,
+    measure_latency,
+    pareto_front,
+    plot_budgets,
+    save_budgets,
+    select_config,
+)
+from mutualnet_video.evaluation.calibration import NotCalibratedError, calibrate_bn
+from mutualnet_video.evaluation.evaluator import evaluate_configs
+from mutualnet_video.evaluation.runner import calibrated_path, load_weights, run_budgets, save_weights
+from mutualnet_video.evaluation.toy import toy_slowfast, toy_x3d
+from mutualnet_video.export import export_subnet
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors on a shared 2-core machine: OpenMP spinning makes 2 threads ~30x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _rec(width, frames, crop, gflops, top1, *, views="1x1", latency=None, top5=None):
+    n = 1 if views == "1x1" else 30
+    return BudgetRecord(width=width, frames=frames, crop=crop, views=views, gflops_per_view=gflops / n,
+                        gflops_per_video=gflops, params=int(width * 1e6), top1=top1,
+                        top5=top1 + 10 if top5 is None else top5, latency_ms=latency)
+
+
+TABLE = [
+    _rec(1.0, 16, 224, 4.7, 75.0, latency=40.0),     # A front (top)
+    _rec(1.0, 16, 160, 2.4, 72.0, latency=21.0),     # B front
+    _rec(0.75, 16, 224, 2.4, 70.0, latency=22.0),    # C same cost as B, less accurate -> off
+    _rec(0.75, 8, 160, 1.2, 72.0, latency=12.0),     # D as accurate as B, cheaper -> front, B off
+    _rec(0.5, 8, 160, 0.6, 66.0, latency=7.0),       # E front
+    _rec(0.5, 8, 160, 0.6, 66.0, views="1x1", latency=7.5),  # F exact tie with E -> first kept
+    _rec(0.25, 4, 128, 0.9, 60.0, latency=6.0),      # G dominated by E (more costly, less accurate)
+    _rec(0.25, 4, 128, 0.2, 55.0, latency=3.0),      # H front (cheapest)
+]
+
+
+def test_pareto_front_hand_made_table():
+    front = pareto_front(TABLE)
+    assert [TABLE.index(r) for r in front] == [7, 4, 3, 0]  # H, E, D, A sorted by cost
+    marked = mark_pareto(TABLE)
+    assert [r.pareto for r in marked] == [True, False, False, True, True, False, False, True]
+    assert [dataclasses.replace(r, pareto=False) for r in marked] == TABLE
+    by_latency = pareto_front(TABLE, cost="latency_ms")  # G (6 ms, 60%) joins the latency front
+    assert [TABLE.index(r) for r in by_latency] == [7, 6, 4, 3, 0]
+    with pytest.raises(ValueError, match="cost must be one of"):
+        pareto_front(TABLE, cost="joules")
+
+
+def test_pareto_front_skips_records_without_the_cost():
+    table = [_rec(1.0, 8, 160, 1.0, 70.0), _rec(0.5, 8, 160, 0.5, 60.0, latency=5.0)]
+    assert pareto_front(table, cost="latency_ms") == [table[1]]
+
+
+def test_select_config():
+    assert select_config(TABLE, max_gflops=10) is TABLE[0]
+    assert select_config(TABLE, max_gflops=2.4) is TABLE[3]   # D: 72% for 1.2 beats B's 72% for 2.4
+    assert select_config(TABLE, max_gflops=1.0) is TABLE[4]   # E (not its tie F)
+    assert select_config(TABLE, max_gflops=0.25) is TABLE[7]
+    assert select_config(TABLE, max_latency_ms=10) is TABLE[4]
+    assert select_config(TABLE, max_gflops=10, max_latency_ms=6.5) is TABLE[6]
+    assert select_config(TABLE) is TABLE[0]
+    with pytest.raises(ValueError, match=r"cheapest is \(width=0.25, frames=4, crop=128\) with 1x1 views at 0.2 GFLOPs"):
+        select_config(TABLE, max_gflops=0.1)
+    with pytest.raises(ValueError, match="3 ms per video"):
+        select_config(TABLE, max_latency_ms=1)
+    with pytest.raises(ValueError, match="no latency_ms values"):
+        select_config([_rec(1.0, 8, 160, 1.0, 70.0)], max_latency_ms=5)
+    with pytest.raises(ValueError, match="empty"):
+        select_config([], max_gflops=1)
+
+
+def test_json_and_csv_round_trip(tmp_path):
+    table = mark_pareto(TABLE + [_rec(0.5, None, 192, 0.3, 64.0)])  # a 2D record (frames=None)
+    json_path, csv_path = save_budgets(table, tmp_path / "out", meta={"model": "toy"})
+    assert load_budgets(json_path) == table
+    assert load_budgets(csv_path) == table
+    assert select_config(json_path, max_gflops=1.0) == table[4]
+    assert not list((tmp_path / "out").glob("*.tmp"))
+    text = format_table(table)
+    assert text.count("*") == sum(r.pareto for r in table) and "w" not in text.splitlines()[2]
+
+
+def test_load_errors_name_the_file_and_key(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.json"):
+        load_budgets(tmp_path / "nope.json")
+    bad = tmp_path / "budgets.json"
+    bad.write_text('{"version": 1, "records": [{"width": 1.0}]}')
+    with pytest.raises(ValueError, match=r"budgets.json: records\[0\]: missing keys \['crop'"):
+        load_budgets(bad)
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        load_budgets(bad)
+    csv_path = tmp_path / "budgets.csv"
+    save_budgets(TABLE, tmp_path)
+    csv_path.write_text(csv_path.read_text().replace("75.0", "seventy", 1))
+    with pytest.raises(ValueError, match="row 2: top1='seventy'"):
+        load_budgets(csv_path)
+
+
+@pytest.mark.parametrize("cost", ["gflops_per_video", "latency_ms"])
+def test_plot_written(tmp_path, cost):
+    path = plot_budgets(mark_pareto(TABLE), tmp_path / f"top1_vs_{cost}.png", cost=cost)
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+
+def test_measure_latency_restores_threads_mode_and_config():
+    model = toy_x3d().train()
+    set_config(model, SubnetConfig(0.75, 4, 32))
+    threads = torch.get_num_threads()
+    ms = measure_latency(model, SubnetConfig(0.5, 2, 24), repeats=3, warmup=1, threads=1)
+    assert ms > 0 and torch.get_num_threads() == threads
+    assert model.training and current_config(model) == SubnetConfig(0.75, 4, 32)
+    with pytest.warns(UserWarning, match="no statistics calibrated"):
+        static = export_subnet(model, SubnetConfig(0.5, 2, 24))
+    assert measure_latency(static, inputs=torch.randn(1, 3, 2, 24, 24), repeats=2, warmup=0) > 0
+    with pytest.raises(ValueError, match="needs `inputs`"):
+        measure_latency(static, SubnetConfig(0.5, 2, 24), repeats=2)
+
+
+# -- evaluator ---------------------------------------------------------------------------
+class _Loader:
+    """Multi-view test batches in memory; counts how often it is iterated (decoded)."""
+
+    def __init__(self, model, *, videos=4, temporal=2, spatial=3, batch=4, frames=4, seed=0):
+        gen = torch.Generator().manual_seed(seed)
+        self.samples = []
+        for v in range(videos):
+            for t in range(temporal):
+                for s in range(spatial):
+                    self.samples.append({"video": torch.randn(3, frames, 32, 32, generator=gen), "label": v % 3,
+                                         "video_index": v, "clip_index": t, "aug_index": s})
+        self.batch, self.passes = batch, 0
+
+    def __iter__(self):
+        self.passes += 1
+        for i in range(0, len(self.samples), self.batch):
+            chunk = self.samples[i:i + self.batch]
+            yield {k: torch.stack([torch.as_tensor(c[k]) for c in chunk]) for k in chunk[0]}
+
+
+def _hand_view_probs(model, loader, cfg, alpha=None):
+    """Softmax of every view, computed one view at a time."""
+    with torch.no_grad(), use_config(model.eval(), cfg):
+        return [model(clip_for_config(s["video"][None], cfg, slowfast_alpha=alpha)).softmax(1)[0]
+                for s in loader.samples]
+
+
+def _hand_top1(loader, view_probs, keep):
+    """Mean softmax over the kept views of each video -> top-1 in percent."""
+    probs, labels = {}, {}
+    for s, p in zip(loader.samples, view_probs):
+        if keep(s):
+            probs.setdefault(s["video_index"], []).append(p)
+            labels[s["video_index"]] = s["label"]
+    hits = [int(torch.stack(ps).mean(0).argmax()) == labels[v] for v, ps in probs.items()]
+    return 100.0 * sum(hits) / len(hits)
+
+
+def _flops(model, cfg):  # a stand-in cost: grows with width, frames and crop
+    return int(1e9 * cfg.width * cfg.frames * cfg.crop**2 / (4 * 32**2))
+
+
+def _params(model, cfg):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # uncalibrated BN statistics do not change the parameter count
+        return sum(p.numel() for p in export_subnet(model, cfg, check=False).parameters())
+
+
+@pytest.mark.parametrize("make", [toy_x3d, toy_slowfast])
+def test_evaluate_configs_matches_per_view_hand_computation(make):
+    model = make(num_classes=3)
+    alpha = model.config_space.slowfast_alpha
+    loader = _Loader(model, videos=3, frames=4 * (alpha or 1))
+    configs = [SubnetConfig(1.0, 4, 32), SubnetConfig(0.5, 2, 24)]
+    records = evaluate_configs(model, loader, configs, views=("1x1", "2x3"), progress=False,
+                               flops_fn=_flops, params_fn=_params)
+    assert loader.passes == 1  # decoded once for every config and views
+    assert [(r.config, r.views) for r in records] == [(c, v) for c in configs for v in ("1x1", "2x3")]
+    view_probs = {cfg: _hand_view_probs(model, loader, cfg, alpha) for cfg in configs}
+    for r in records:
+        keep = (lambda s: True) if r.views == "2x3" else (lambda s: s["clip_index"] == 1 and s["aug_index"] == 1)
+        assert r.top1 == pytest.approx(_hand_top1(loader, view_probs[r.config], keep))
+        assert r.num_videos == 3 and r.top5 == 100.0  # 3 classes
+        assert r.gflops_per_video == pytest.approx(r.gflops_per_view * (1 if r.views == "1x1" else 6))
+        assert r.gflops_per_view == pytest.approx(_flops(model, r.config) / 1e9)
+    assert records[2].params < records[0].params
+    assert any(r.pareto for r in records)
+
+
+def test_evaluate_configs_errors_and_latency():
+    model = toy_x3d(num_classes=3)
+    loader = _Loader(model, videos=2, temporal=1, spatial=1)
+    kw = dict(progress=False, flops_fn=_flops, params_fn=_params)
+    with pytest.raises(ValueError, match="more views than the loader's 1x1"):
+        evaluate_configs(model, loader, [SubnetConfig(1.0, 4, 32)], views=("2x1",), loader_views="1x1", **kw)
+    with pytest.raises(ValueError, match="more than the 1x1 views"):
+        evaluate_configs(model, _Loader(model, videos=1, temporal=2, spatial=1), [SubnetConfig(1.0, 4, 32)], **kw)
+    with pytest.raises(ValueError, match="frames=3"):
+        evaluate_configs(model, loader, [SubnetConfig(1.0, 3, 32)], **kw)
+    [record] = evaluate_configs(model, loader, [SubnetConfig(0.5, 2, 24)], latency_repeats=2, **kw)
+    assert record.latency_ms > 0
+
+
+# -- runner and tools ------------------------------------------------------------------------
+def _tool(name):
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_query_budget_tool(tmp_path, capsys):
+    save_budgets(mark_pareto(TABLE), tmp_path)
+    query = _tool("query_budget")
+    assert query.main([str(tmp_path / "budgets.json"), "--max-gflops", "2.4"]) == 0
+    assert capsys.readouterr().out.startswith("width=0.75 frames=8 crop=160 views=1x1: 1.2 GFLOPs/video")
+    assert query.main([str(tmp_path / "budgets.csv"), "--max-latency-ms", "6.5", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["top1"] == 60.0
+    assert query.main([str(tmp_path / "budgets.json"), "--max-gflops", "0.01"]) == 2
+    assert "cheapest is (width=0.25, frames=4, crop=128)" in capsys.readouterr().err
+
+
+def test_run_budgets_calibrates_and_writes_the_table(tmp_path):
+    model = toy_x3d(num_classes=3)
+    configs = [SubnetConfig(1.0, 4, 32), SubnetConfig(0.5, 2, 24)]
+    calib = [torch.randn(2, 3, 4, 32, 32) for _ in range(2)]
+    records = run_budgets(model, test_loader=_Loader(model, videos=2, temporal=1, spatial=1), configs=configs,
+                          output_dir=tmp_path, calibration_batches=calib, calibration_num_batches=2,
+                          flops_fn=_flops, params_fn=_params, progress=False, meta={"model": "toy"})
+    assert load_budgets(tmp_path / "budgets.json") == records
+    assert {p.name for p in tmp_path.iterdir()} == {"budgets.json", "budgets.csv", "budgets.txt", "top1_vs_gflops.png"}
+    assert json.loads((tmp_path / "budgets.json").read_text())["meta"]["model"] == "toy"
+    assert all(model.block.norm_b.has_stats(c) for c in configs)
+
+
+def test_load_and_save_weights(tmp_path):
+    model = toy_x3d()
+    calibrate_bn(model, [torch.randn(2, 3, 4, 32, 32)], [SubnetConfig(0.5, 2, 24)], num_batches=1)
+    path = save_weights({"model": model.state_dict(), "epoch": 3}, tmp_path / "m.pth")
+    assert calibrated_path(path).name == "m_calibrated.pth"
+    fresh = toy_x3d(seed=1)
+    assert load_weights(fresh, path)["epoch"] == 3
+    assert fresh.block.norm_b.has_stats(SubnetConfig(0.5, 2, 24))
+    torch.testing.assert_close(fresh.proj.weight, model.proj.weight)
+    state = model.state_dict()
+    state["extra.weight"] = state.pop("proj.weight")
+    torch.save({f"module.{k}": v for k, v in state.items()}, tmp_path / "bad.pth")  # DDP prefix is stripped
+    with pytest.raises(RuntimeError, match=r"bad.pth does not match.*missing keys \['proj.weight'\].*'extra.weight'"):
+        load_weights(fresh, tmp_path / "bad.pth")
+    with pytest.raises(FileNotFoundError, match="nope.pth"):
+        load_weights(fresh, tmp_path / "nope.pth")
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+class _Views(torch.utils.data.IterableDataset):
+    """Stand-in for the data helper's multi-view Kinetics dataset (per-sample dicts)."""
+
+    def __init__(self, *, temporal, spatial, frames, videos=2):
+        self.temporal, self.spatial, self.frames, self.videos = temporal, spatial, frames, videos
+
+    def __iter__(self):
+        gen = torch.Generator().manual_seed(0)
+        for v in range(self.videos):
+            for t in range(self.temporal):
+                for s in range(self.spatial):
+                    yield {"video": torch.randn(3, self.frames, 32, 32, generator=gen), "label": v % 3,
+                           "video_index": v, "clip_index": t, "aug_index": s}
+
+
+def test_test_net_cli_end_to_end_with_stand_ins(tmp_path, monkeypatch, capsys):
+    """tools/test_net.py against stand-ins of the planned engine/data/flops APIs."""
+    import types
+
+    import mutualnet_video.data
+
+    config = types.ModuleType("mutualnet_video.engine.config")
+    config.load_config = lambda path, overrides: {"data": {"path": str(tmp_path), "batch_size": 4}, "opts": overrides}
+    config.build_model = lambda cfg: toy_x3d(num_classes=3, seed=7)
+    flops = types.ModuleType("mutualnet_video.evaluation.flops")
+    flops.count_flops, flops.count_params = _flops, _params
+    monkeypatch.setitem(sys.modules, "mutualnet_video.engine.config", config)
+    monkeypatch.setitem(sys.modules, "mutualnet_video.evaluation.flops", flops)
+
+    def kinetics_dataset(*, data_path, split, space, decoder, temporal_clips=1, spatial_crops=1):
+        assert data_path == str(tmp_path) and decoder == "pyav"
+        return _Views(temporal=temporal_clips, spatial=spatial_crops, frames=space.full().frames,
+                      videos=8 if split == "train" else 2)
+
+    monkeypatch.setattr(mutualnet_video.data, "kinetics_dataset", kinetics_dataset, raising=False)
+    ckpt = save_weights({"model": toy_x3d(num_classes=3, seed=1).state_dict()}, tmp_path / "model.pth")
+    test_net = _tool("test_net")
+    args = ["--config", "x.yaml", "--checkpoint", str(ckpt), "--widths", "1.0", "0.5", "--frames", "2",
+            "--crops", "24", "--views", "1x1,2x3", "--output", str(tmp_path / "out")]
+    with pytest.raises(NotCalibratedError, match="--calibrate"):
+        test_net.main(args)
+    assert test_net.main([*args, "--calibrate", "--calib-batches", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "model_calibrated.pth" in out and "GFLOPs/video" in out
+    records = load_budgets(tmp_path / "out" / "budgets.json")
+    assert [(r.width, r.views) for r in records] == [(1.0, "1x1"), (1.0, "2x3"), (0.5, "1x1"), (0.5, "2x3")]
+    # the calibrated checkpoint evaluates without --calibrate and gives the same table
+    args[args.index(str(ckpt))] = str(tmp_path / "model_calibrated.pth")
+    assert test_net.main(args) == 0
+    assert load_budgets(tmp_path / "out" / "budgets.json") == records
+
+
+def test_evaluate_runs_only_the_views_a_spec_uses():
+    model = toy_x3d(num_classes=3)
+    loader = _Loader(model, videos=3, temporal=2, spatial=3)
+    calls = []
+    model.register_forward_pre_hook(lambda m, args: calls.append(args[0].shape[0]))
+    configs = [SubnetConfig(0.5, 2, 24)]
+    [record] = evaluate_configs(model, loader, configs, views=("1x1",), loader_views="2x3", progress=False,
+                                flops_fn=_flops, params_fn=lambda m, c: 1)
+    assert sum(calls) == 3  # one view of each video, not 18
+    view_probs = _hand_view_probs(model, loader, configs[0])
+    assert record.top1 == pytest.approx(
+        _hand_top1(loader, view_probs, lambda s: s["clip_index"] == 1 and s["aug_index"] == 1))

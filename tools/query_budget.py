@@ -1,0 +1,43 @@
+#!/usr/bin/env python
+"""Pick the most accurate configuration of a budget table under a budget.
+
+    python tools/query_budget.py out/budgets/budgets.json --max-gflops 2.0 [--max-latency-ms 50]
+
+Prints the chosen configuration (width, frames, crop, views) with its cost and accuracy;
+exits with status 2 and the cheapest configuration when nothing fits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("table", help="budgets.json (or budgets.csv) written by tools/test_net.py")
+    p.add_argument("--max-gflops", type=float, help="GFLOPs per video (all views)")
+    p.add_argument("--max-latency-ms", type=float, help="milliseconds per video")
+    p.add_argument("--metric", default="top1", choices=("top1", "top5"))
+    p.add_argument("--json", action="store_true", help="print the record as JSON")
+    args = p.parse_args(argv)
+    from mutualnet_video.evaluation.budgets import select_config
+
+    try:
+        record = select_config(args.table, max_gflops=args.max_gflops, max_latency_ms=args.max_latency_ms,
+                               metric=args.metric)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"query_budget: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(record.to_dict()))
+    else:
+        latency = "" if record.latency_ms is None else f", {record.latency_ms:.2f} ms/video"
+        print(f"width={record.width:g} frames={record.frames} crop={record.crop} views={record.views}: "
+              f"{record.gflops_per_video:.4g} GFLOPs/video{latency}, top1={record.top1:.2f} top5={record.top5:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
