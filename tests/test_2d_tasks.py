@@ -110,7 +110,7 @@ def test_detection_distillation_is_zero_against_itself_and_step_trains():
     with use_config(model, full):
         _, teacher = detection_losses(model, images, targets, return_teacher=True)
         losses, _ = detection_losses(model, images, targets, teacher=teacher)
-    assert float(losses["loss_distill"]) == pytest.approx(0.0, abs=1e-5)
+    assert float(losses["loss_distill"].detach()) == pytest.approx(0.0, abs=1e-5)
     before = model.backbone.body["1"].conv[1].weight.detach().clone()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     configs = [full, SubnetConfig(0.25, None, 32)]
@@ -168,11 +168,11 @@ def test_segmentation_distillation_and_step():
     with use_config(model, full):
         _, teacher = segmentation_losses(model, images, masks)
         losses, _ = segmentation_losses(model, images, None, teacher_logits=teacher)
-    assert float(losses["loss_distill"]) == pytest.approx(0.0, abs=1e-5)
+    assert float(losses["loss_distill"].detach()) == pytest.approx(0.0, abs=1e-5)
     small = SubnetConfig(0.25, None, 24)
     with use_config(model, small):  # teacher logits at 32 px are resized to the student's 24 px
         losses, logits = segmentation_losses(model, resize_crop(images, 24), None, teacher_logits=teacher)
-    assert logits.shape[-1] == 24 and float(losses["loss_distill"]) > 0
+    assert logits.shape[-1] == 24 and float(losses["loss_distill"].detach()) > 0
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     report = segmentation_mutual_step(model, images, masks, configs=[full, small], optimizer=optimizer)
     assert set(report[0][1]) == {"loss_ce", "total"} and set(report[1][1]) == {"loss_distill", "total"}

@@ -296,6 +296,6 @@ def detection_mutual_step(
         else:
             total = task_weight * task + distill_weight * losses["loss_distill"]
         total.backward()
-        report.append((cfg, {k: float(v) for k, v in losses.items()} | {"total": float(total)}))
+        report.append((cfg, {k: float(v.detach()) for k, v in losses.items()} | {"total": float(total.detach())}))
     optimizer.step()
     return report

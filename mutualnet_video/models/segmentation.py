@@ -186,6 +186,6 @@ def segmentation_mutual_step(
                 if task_weight:
                     total = total + task_weight * losses["loss_ce"]
         total.backward()
-        report.append((cfg, {k: float(v) for k, v in losses.items()} | {"total": float(total)}))
+        report.append((cfg, {k: float(v.detach()) for k, v in losses.items()} | {"total": float(total.detach())}))
     optimizer.step()
     return report
