@@ -9,7 +9,10 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 import mutualnet_video  # noqa: F401
 from mutualnet_video.core import SlimBatchNorm2d, SlimConv2d, SubnetConfig, get_space, resize_crop, use_config
+from mutualnet_video.core.heads import IntermediateFeatures
+from mutualnet_video.models._slim2d import RatioSlimConv2d
 from mutualnet_video.models.detection import (
+    DetectorBackboneView,
     detection_losses,
     detection_mutual_step,
     mutual_fasterrcnn_mobilenet_v2_fpn,
@@ -118,6 +121,32 @@ def test_detection_distillation_is_zero_against_itself_and_step_trains():
     assert [cfg for cfg, _ in report] == configs
     assert "loss_distill" not in report[0][1] and report[1][1]["loss_distill"] > 0
     assert not torch.equal(before, model.backbone.body["1"].conv[1].weight)
+
+
+def test_detector_backbone_view_for_bn_calibration():
+    model = _tiny_detector()
+    view = DetectorBackboneView(model).train()
+    assert get_space(view) is get_space(model)
+    images = torch.rand(2, 3, 48, 48, generator=torch.Generator().manual_seed(4))
+    bn = model.backbone.body["0"][1]
+    bn.reset_running_stats()
+    bn.momentum = None  # cumulative average, as calibration does
+    small = SubnetConfig(0.25, None, 32)
+    with torch.no_grad(), use_config(view, small):
+        assert model.transform.min_size == (32,)  # switching the view switches the detector
+        features = view(images)
+    assert min(features["0"].shape[-2:]) == 4  # 32 px at stride 8
+    assert int(bn.num_batches_tracked) == 1 and bn.running_mean[:8].abs().sum() > 0
+    assert bn.running_mean[8:].abs().sum() == 0  # only the active channels are updated
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="nope"):
+        IntermediateFeatures(stages={"a": nn.Identity()}, return_layers={"nope": "0"})
+    with pytest.raises(ValueError, match="channel_ratio 3"):
+        RatioSlimConv2d(4, 8, 1, channel_ratio=3)
+    with pytest.raises(ValueError, match="one size per pyramid level"):
+        _tiny_detector(anchor_sizes=(16, 32))
 
 
 @pytest.mark.slow

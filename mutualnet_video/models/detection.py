@@ -54,6 +54,7 @@ __all__ = [
     "mobilenet_v2_fpn_backbone",
     "resnet50_fpn_backbone",
     "create_slim_faster_rcnn",
+    "DetectorBackboneView",
     "detection_losses",
     "detection_mutual_step",
     "mutual_fasterrcnn_mobilenet_v2_fpn",
@@ -199,6 +200,29 @@ def mutual_fasterrcnn_resnet50_fpn(
                         num_subnets=num_subnets, widths=tuple(widths))
     return create_slim_faster_rcnn(backbone=resnet50_fpn_backbone(), num_classes=num_classes, space=space,
                                    **faster_rcnn_kwargs)
+
+
+class DetectorBackboneView(nn.Module):
+    """The detector's resize + backbone (+ FPN) as a plain ``images -> features`` model.
+
+    Every BatchNorm layer of these detectors lives in the backbone, and a torchvision
+    detector in train mode refuses to run without targets; this view (sharing the
+    detector's modules and its :class:`ConfigSpace`) is what BN calibration and FLOPs
+    counting of the backbone take: ``calibrate_bn(DetectorBackboneView(detector), ...)``.
+    Input: ``(N, 3, H, W)`` images in [0, 1] (or a list of ``(3, H_i, W_i)``); output: the
+    ``OrderedDict`` of pyramid levels at the active configuration's resize.
+    """
+
+    def __init__(self, detector: FasterRCNN) -> None:
+        super().__init__()
+        self.detector = detector
+        space = getattr(detector, "config_space", None)
+        if space is not None:
+            attach_space(self, space)
+
+    def forward(self, images: torch.Tensor | Sequence[torch.Tensor]) -> OrderedDict[str, torch.Tensor]:
+        image_list, _ = self.detector.transform(list(images))
+        return self.detector.backbone(image_list.tensors)
 
 
 # -- training ----------------------------------------------------------------------------
