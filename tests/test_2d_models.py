@@ -162,7 +162,7 @@ def _dense_copy(model: nn.Module, width: float, rule) -> nn.Module:
 ])
 def test_subnet_equals_dense_sliced_model(name, width, rule):
     torch.manual_seed(0)
-    model = create_model(name, num_classes=10).eval()
+    model = create_model(name, num_classes=10, width_range=(0.25, 1.0)).eval()
     _randomize_bn(model)
     dense = _dense_copy(model, width, rule)
     x = torch.randn(2, 3, 48, 48)
@@ -187,10 +187,10 @@ def test_flops_match_mutualnet_tables(name, width, crop, mflops):
 
 
 def test_flops_grow_with_width_and_crop():
-    model = create_model("mutual_mobilenet_v2", num_classes=10, crops=(64, 32), width_range=(0.7, 1.0))
-    f = {(w, c): flops_2d(model, SubnetConfig(w, None, c)) for w, c in ((0.7, 32), (1.0, 32), (0.7, 64))}
-    assert f[(0.7, 32)] < f[(1.0, 32)]
-    assert f[(0.7, 32)] < f[(0.7, 64)]
+    model = create_model("mutual_mobilenet_v1", num_classes=10, crops=(64, 32))
+    f = {(w, c): flops_2d(model, SubnetConfig(w, None, c)) for w, c in ((0.25, 32), (0.5, 32), (0.25, 64))}
+    assert f[(0.25, 32)] < f[(0.5, 32)]
+    assert f[(0.25, 32)] < f[(0.25, 64)]
 
 
 # -- shapes at every configuration, backward, registry ------------------------------------

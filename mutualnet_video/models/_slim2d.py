@@ -9,13 +9,13 @@ a bottleneck output that keeps a channel ratio) are given by name.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from torch import nn
 
-from ..core import SlimBatchNorm2d, SlimConv2d, SlimLinear, SlimmableModule, scale_channels
+from ..core import ConfigSpace, SlimBatchNorm2d, SlimConv2d, SlimLinear, SlimmableModule, scale_channels
 
-__all__ = ["RatioSlimConv2d", "convert_2d", "slim_conv_like"]
+__all__ = ["RatioSlimConv2d", "convert_2d", "slim_conv_like", "space_2d"]
 
 class RatioSlimConv2d(SlimConv2d):
     """A :class:`SlimConv2d` whose active outputs keep a fixed ratio to a narrower layer.
@@ -110,3 +110,10 @@ def convert_2d(
                 continue
             setattr(module, child_name, new)
     return model
+
+
+def space_2d(*, width_range: Sequence[float], crops: Sequence[int], num_subnets: int = 4,
+             widths: Sequence[float] = ()) -> ConfigSpace:
+    """The :class:`ConfigSpace` of a 2D network: ``frames=(None,)``, ``crops`` = resolutions."""
+    return ConfigSpace(width_range=tuple(width_range), frames=(None,), crops=tuple(crops),
+                       num_subnets=num_subnets, widths=tuple(widths))

@@ -42,7 +42,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from ..core import ConfigSpace, SlimmableModule, SubnetConfig, attach_space, distillation_loss, use_config
 from ..core.heads import BackboneWithFPN, IntermediateFeatures
-from ._slim2d import slim_conv_like
+from ._slim2d import slim_conv_like, space_2d
 from .mobilenet import create_slim_mobilenet_v2
 from .registry import register_model
 from .resnet2d import create_slim_resnet50
@@ -179,8 +179,7 @@ def mutual_fasterrcnn_mobilenet_v2_fpn(
     **faster_rcnn_kwargs,
 ) -> FasterRCNN:
     """Faster R-CNN + FPN on a slimmable MobileNetV2 (widths [0.7, 1.0]); crops are min sizes."""
-    space = ConfigSpace(width_range=tuple(width_range), frames=(None,), crops=tuple(crops),
-                        num_subnets=num_subnets, widths=tuple(widths))
+    space = space_2d(width_range=width_range, crops=crops, num_subnets=num_subnets, widths=widths)
     return create_slim_faster_rcnn(backbone=mobilenet_v2_fpn_backbone(), num_classes=num_classes, space=space,
                                    anchor_sizes=anchor_sizes, **faster_rcnn_kwargs)
 
@@ -196,8 +195,7 @@ def mutual_fasterrcnn_resnet50_fpn(
     **faster_rcnn_kwargs,
 ) -> FasterRCNN:
     """Faster R-CNN + FPN on a slimmable ResNet-50 (widths [0.9, 1.0]); crops are min sizes."""
-    space = ConfigSpace(width_range=tuple(width_range), frames=(None,), crops=tuple(crops),
-                        num_subnets=num_subnets, widths=tuple(widths))
+    space = space_2d(width_range=width_range, crops=crops, num_subnets=num_subnets, widths=widths)
     return create_slim_faster_rcnn(backbone=resnet50_fpn_backbone(), num_classes=num_classes, space=space,
                                    **faster_rcnn_kwargs)
 

@@ -25,9 +25,9 @@ from torch import nn
 from torchvision.models import mobilenet_v2
 from torchvision.models.mobilenetv2 import InvertedResidual
 
-from ..core import ConfigSpace, SlimBatchNorm2d, SlimConv2d, attach_space
+from ..core import SlimBatchNorm2d, SlimConv2d, attach_space
 from ..core.heads import ClassificationHead
-from ._slim2d import convert_2d
+from ._slim2d import convert_2d, space_2d
 from .registry import register_model
 
 __all__ = ["MobileNetV1", "create_slim_mobilenet_v2", "mutual_mobilenet_v1", "mutual_mobilenet_v2"]
@@ -100,11 +100,6 @@ def create_slim_mobilenet_v2(*, num_classes: int = 1000, dropout: float = 0.2) -
                       channel_ratio=lambda name: ratios.get(name, 1))
 
 
-def _space(width_range: Sequence[float], crops: Sequence[int], num_subnets: int, widths: Sequence[float]) -> ConfigSpace:
-    return ConfigSpace(width_range=tuple(width_range), frames=(None,), crops=tuple(crops),
-                       num_subnets=num_subnets, widths=tuple(widths))
-
-
 @register_model
 def mutual_mobilenet_v1(
     *,
@@ -117,7 +112,7 @@ def mutual_mobilenet_v1(
 ) -> MobileNetV1:
     """MutualNet MobileNetV1: widths [0.25, 1.0], resolutions {224, 192, 160, 128}."""
     model = MobileNetV1(num_classes=num_classes, dropout=dropout)
-    attach_space(model, _space(width_range, crops, num_subnets, widths))
+    attach_space(model, space_2d(width_range=width_range, crops=crops, num_subnets=num_subnets, widths=widths))
     return model
 
 
@@ -133,5 +128,5 @@ def mutual_mobilenet_v2(
 ) -> nn.Module:
     """MutualNet MobileNetV2 (torchvision names): widths [0.7, 1.0], resolutions {224, 192, 160, 128}."""
     model = create_slim_mobilenet_v2(num_classes=num_classes, dropout=dropout)
-    attach_space(model, _space(width_range, crops, num_subnets, widths))
+    attach_space(model, space_2d(width_range=width_range, crops=crops, num_subnets=num_subnets, widths=widths))
     return model

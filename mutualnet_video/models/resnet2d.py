@@ -20,8 +20,8 @@ from torch import nn
 from torchvision.models import resnet50
 from torchvision.models.resnet import Bottleneck
 
-from ..core import ConfigSpace, attach_space
-from ._slim2d import convert_2d
+from ..core import attach_space
+from ._slim2d import convert_2d, space_2d
 from .mobilenet import PAPER_CROPS
 from .registry import register_model
 
@@ -58,6 +58,5 @@ def mutual_resnet50(
 ) -> nn.Module:
     """MutualNet ResNet-50 (torchvision names): widths [0.9, 1.0] ("boost" mode) by default."""
     model = create_slim_resnet50(num_classes=num_classes, zero_init_residual=zero_init_residual)
-    space = ConfigSpace(width_range=tuple(width_range), frames=(None,), crops=tuple(crops),
-                        num_subnets=num_subnets, widths=tuple(widths))
+    space = space_2d(width_range=width_range, crops=crops, num_subnets=num_subnets, widths=widths)
     return attach_space(model, space)

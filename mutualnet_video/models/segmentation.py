@@ -32,7 +32,7 @@ from torchvision.models.segmentation.fcn import FCNHead
 
 from ..core import ConfigSpace, SubnetConfig, attach_space, distillation_loss, resize_crop, use_config
 from ..core.heads import IntermediateFeatures
-from ._slim2d import convert_2d
+from ._slim2d import convert_2d, space_2d
 from .mobilenet import create_slim_mobilenet_v2
 from .registry import register_model
 from .resnet2d import create_slim_resnet50
@@ -87,11 +87,6 @@ def create_slim_segmenter(*, backbone: IntermediateFeatures, head: nn.Module, sp
     return attach_space(model_class(backbone, head, None), space)
 
 
-def _space(width_range, crops, num_subnets, widths) -> ConfigSpace:
-    return ConfigSpace(width_range=tuple(width_range), frames=(None,), crops=tuple(crops),
-                       num_subnets=num_subnets, widths=tuple(widths))
-
-
 @register_model
 def mutual_deeplabv3_mobilenet_v2(*, num_classes: int = 21, width_range: Sequence[float] = (0.7, 1.0),
                                   crops: Sequence[int] = SEGMENTATION_CROPS, num_subnets: int = 4,
@@ -99,7 +94,8 @@ def mutual_deeplabv3_mobilenet_v2(*, num_classes: int = 21, width_range: Sequenc
     """DeepLabV3 (ASPP head) on a slimmable MobileNetV2 (output stride 32)."""
     backbone, channels = mobilenet_v2_seg_backbone()
     head = slim_deeplab_head(in_channels=channels, num_classes=num_classes)
-    return create_slim_segmenter(backbone=backbone, head=head, space=_space(width_range, crops, num_subnets, widths))
+    space = space_2d(width_range=width_range, crops=crops, num_subnets=num_subnets, widths=widths)
+    return create_slim_segmenter(backbone=backbone, head=head, space=space)
 
 
 @register_model
@@ -109,7 +105,8 @@ def mutual_deeplabv3_resnet50(*, num_classes: int = 21, width_range: Sequence[fl
     """DeepLabV3 (ASPP head) on a slimmable, dilated ResNet-50 (output stride 8)."""
     backbone, channels = resnet50_seg_backbone()
     head = slim_deeplab_head(in_channels=channels, num_classes=num_classes)
-    return create_slim_segmenter(backbone=backbone, head=head, space=_space(width_range, crops, num_subnets, widths))
+    space = space_2d(width_range=width_range, crops=crops, num_subnets=num_subnets, widths=widths)
+    return create_slim_segmenter(backbone=backbone, head=head, space=space)
 
 
 @register_model
@@ -119,8 +116,8 @@ def mutual_fcn_resnet50(*, num_classes: int = 21, width_range: Sequence[float] =
     """FCN on a slimmable, dilated ResNet-50 (output stride 8)."""
     backbone, channels = resnet50_seg_backbone()
     head = slim_fcn_head(in_channels=channels, num_classes=num_classes)
-    return create_slim_segmenter(backbone=backbone, head=head, space=_space(width_range, crops, num_subnets, widths),
-                                 model_class=FCN)
+    space = space_2d(width_range=width_range, crops=crops, num_subnets=num_subnets, widths=widths)
+    return create_slim_segmenter(backbone=backbone, head=head, space=space, model_class=FCN)
 
 
 # -- training ----------------------------------------------------------------------------
