@@ -62,6 +62,7 @@ __all__ = [
 ]
 
 DEFAULT_MAX_SIZE_RATIO = 1333 / 800
+# Default min sizes: torchvision's 800 and three lower steps (this project's choice, not the paper's).
 DETECTION_CROPS = (800, 672, 544, 416)
 
 
