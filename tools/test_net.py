@@ -78,10 +78,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from mutualnet_video.engine.config import build_model, load_config
-
-    import mutualnet_video  # noqa: F401
-    from mutualnet_video.core import SubnetConfig, get_space
-    from mutualnet_video.evaluation.api import (
+    from mutualnet_video.evaluation import (
         ViewSpec,
         calibrated_path,
         format_table,
@@ -89,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
         run_budgets,
         save_weights,
     )
+
+    import mutualnet_video  # noqa: F401
+    from mutualnet_video.core import SubnetConfig, get_space
 
     cfg = load_config(args.config, args.opts)
     model = build_model(cfg)

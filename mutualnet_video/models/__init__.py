@@ -1,8 +1,22 @@
 """Slimmable PyTorchVideo models, the model registry and the conversion of stock models."""
 
 from .convert import UnsupportedModuleError, slimmable
+from .detection import (
+    DetectorBackboneView,
+    create_slim_faster_rcnn,
+    mutual_fasterrcnn_mobilenet_v2_fpn,
+    mutual_fasterrcnn_resnet50_fpn,
+)
+from .mobilenet import MobileNetV1, create_slim_mobilenet_v2, mutual_mobilenet_v1, mutual_mobilenet_v2
 from .registry import UnknownModelError, create_model, get_model_entrypoint, list_models, register_model
 from .resnet import create_slimmable_resnet, mutual_slow_r50
+from .resnet2d import create_slim_resnet50, mutual_resnet50
+from .segmentation import (
+    create_slim_segmenter,
+    mutual_deeplabv3_mobilenet_v2,
+    mutual_deeplabv3_resnet50,
+    mutual_fcn_resnet50,
+)
 from .slowfast import create_slimmable_slowfast, mutual_slowfast_r50
 from .x3d import create_slimmable_x3d, mutual_x3d_l, mutual_x3d_m, mutual_x3d_s, mutual_x3d_xs
 
@@ -23,4 +37,19 @@ __all__ = [
     "mutual_x3d_l",
     "mutual_slowfast_r50",
     "mutual_slow_r50",
+    # 2D networks
+    "MobileNetV1",
+    "create_slim_mobilenet_v2",
+    "create_slim_resnet50",
+    "create_slim_faster_rcnn",
+    "create_slim_segmenter",
+    "DetectorBackboneView",
+    "mutual_mobilenet_v1",
+    "mutual_mobilenet_v2",
+    "mutual_resnet50",
+    "mutual_fasterrcnn_mobilenet_v2_fpn",
+    "mutual_fasterrcnn_resnet50_fpn",
+    "mutual_deeplabv3_mobilenet_v2",
+    "mutual_deeplabv3_resnet50",
+    "mutual_fcn_resnet50",
 ]

@@ -1,0 +1,188 @@
+"""MutualNet semantic segmentation: torchvision's DeepLabV3 / FCN on a slimmable backbone.
+
+One segmenter runs at several (width, input resolution) configurations:
+
+* the backbone (MobileNetV2 ``features`` or a dilated ResNet-50, output stride 32 / 8) is
+  slimmed with the classification rules; its BatchNorm layers are :class:`SlimBatchNorm2d`;
+* the head (torchvision's ``DeepLabHead`` or ``FCNHead``) keeps its width: its convs are
+  ``SlimConv2d(slim_out=False)`` (those fed by the backbone read the slimmed features) and
+  its BatchNorm layers :class:`SlimBatchNorm2d`, so calibration stores statistics per
+  configuration for the head too;
+* the input resolution is the image size the caller feeds (``clip_for_config`` /
+  ``resize_crop`` to ``cfg.crop``); the logits come back at the input size.
+
+Training (:func:`segmentation_mutual_step`, the sandwich rule): the full configuration
+trains with per-pixel cross-entropy on the masks; every sub-network with the per-pixel
+KL divergence KL(teacher || student) to the full network's logits, bilinearly resized
+to the sub-network's output size (``distill_weight``), plus optionally the
+cross-entropy on nearest-resized masks (``task_weight``, 0 by default as in MutualNet).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models.segmentation import FCN, DeepLabV3
+from torchvision.models.segmentation.deeplabv3 import DeepLabHead
+from torchvision.models.segmentation.fcn import FCNHead
+
+from ..core import ConfigSpace, SubnetConfig, attach_space, distillation_loss, resize_crop, use_config
+from ..core.heads import IntermediateFeatures
+from ._slim2d import convert_2d, space_2d
+from .mobilenet import create_slim_mobilenet_v2
+from .registry import register_model
+from .resnet2d import create_slim_resnet50
+
+__all__ = [
+    "mobilenet_v2_seg_backbone",
+    "resnet50_seg_backbone",
+    "slim_deeplab_head",
+    "slim_fcn_head",
+    "create_slim_segmenter",
+    "segmentation_losses",
+    "segmentation_mutual_step",
+    "mutual_deeplabv3_mobilenet_v2",
+    "mutual_deeplabv3_resnet50",
+    "mutual_fcn_resnet50",
+]
+
+SEGMENTATION_CROPS = (512, 448, 384, 320)
+
+
+def mobilenet_v2_seg_backbone() -> tuple[IntermediateFeatures, int]:
+    """Slimmable MobileNetV2 ``features`` returning ``{"out": (N, 1280, H/32, W/32)}``; and 1280."""
+    features = create_slim_mobilenet_v2(num_classes=1000).features
+    stages = OrderedDict((str(i), m) for i, m in enumerate(features))
+    return IntermediateFeatures(stages=stages, return_layers={"18": "out"}), features[18][0].out_channels
+
+
+def resnet50_seg_backbone() -> tuple[IntermediateFeatures, int]:
+    """Slimmable ResNet-50 dilated to output stride 8: ``{"out": (N, 2048*w, H/8, W/8)}``; and 2048."""
+    resnet = create_slim_resnet50(num_classes=1000, replace_stride_with_dilation=[False, True, True])
+    stages = OrderedDict((name, m) for name, m in resnet.named_children() if name not in ("avgpool", "fc"))
+    return IntermediateFeatures(stages=stages, return_layers={"layer4": "out"}), 2048
+
+
+def slim_deeplab_head(*, in_channels: int, num_classes: int, atrous_rates: Sequence[int] = (12, 24, 36)) -> nn.Module:
+    """torchvision's ``DeepLabHead`` (ASPP) reading slimmed features; full-width outputs."""
+    return convert_2d(DeepLabHead(in_channels, num_classes, atrous_rates), keep_out=lambda name: True)
+
+
+def slim_fcn_head(*, in_channels: int, num_classes: int) -> nn.Module:
+    """torchvision's ``FCNHead`` reading slimmed features; full-width outputs."""
+    return convert_2d(FCNHead(in_channels, num_classes), keep_out=lambda name: True)
+
+
+def create_slim_segmenter(*, backbone: IntermediateFeatures, head: nn.Module, space: ConfigSpace,
+                          model_class: type[DeepLabV3] | type[FCN] = DeepLabV3) -> nn.Module:
+    """``model_class(backbone, head)`` with ``space`` attached; ``model(x)["out"]`` is ``(N, K, H, W)``."""
+    if space.is_video:
+        raise ValueError(f"a segmenter needs a 2D space (frames=(None,)), got frames={space.frames}")
+    if "out" not in backbone.return_layers.values():
+        raise ValueError(f"backbone must return an 'out' feature map, returns {backbone.return_layers}")
+    return attach_space(model_class(backbone, head, None), space)
+
+
+@register_model
+def mutual_deeplabv3_mobilenet_v2(*, num_classes: int = 21, width_range: Sequence[float] = (0.7, 1.0),
+                                  crops: Sequence[int] = SEGMENTATION_CROPS, num_subnets: int = 4,
+                                  widths: Sequence[float] = ()) -> nn.Module:
+    """DeepLabV3 (ASPP head) on a slimmable MobileNetV2 (output stride 32)."""
+    backbone, channels = mobilenet_v2_seg_backbone()
+    head = slim_deeplab_head(in_channels=channels, num_classes=num_classes)
+    space = space_2d(width_range=width_range, crops=crops, num_subnets=num_subnets, widths=widths)
+    return create_slim_segmenter(backbone=backbone, head=head, space=space)
+
+
+@register_model
+def mutual_deeplabv3_resnet50(*, num_classes: int = 21, width_range: Sequence[float] = (0.9, 1.0),
+                              crops: Sequence[int] = SEGMENTATION_CROPS, num_subnets: int = 4,
+                              widths: Sequence[float] = ()) -> nn.Module:
+    """DeepLabV3 (ASPP head) on a slimmable, dilated ResNet-50 (output stride 8)."""
+    backbone, channels = resnet50_seg_backbone()
+    head = slim_deeplab_head(in_channels=channels, num_classes=num_classes)
+    space = space_2d(width_range=width_range, crops=crops, num_subnets=num_subnets, widths=widths)
+    return create_slim_segmenter(backbone=backbone, head=head, space=space)
+
+
+@register_model
+def mutual_fcn_resnet50(*, num_classes: int = 21, width_range: Sequence[float] = (0.9, 1.0),
+                        crops: Sequence[int] = SEGMENTATION_CROPS, num_subnets: int = 4,
+                        widths: Sequence[float] = ()) -> nn.Module:
+    """FCN on a slimmable, dilated ResNet-50 (output stride 8)."""
+    backbone, channels = resnet50_seg_backbone()
+    head = slim_fcn_head(in_channels=channels, num_classes=num_classes)
+    space = space_2d(width_range=width_range, crops=crops, num_subnets=num_subnets, widths=widths)
+    return create_slim_segmenter(backbone=backbone, head=head, space=space, model_class=FCN)
+
+
+# -- training ----------------------------------------------------------------------------
+def segmentation_losses(
+    model: nn.Module,
+    images: torch.Tensor,
+    masks: torch.Tensor | None,
+    *,
+    teacher_logits: torch.Tensor | None = None,
+    ignore_index: int = 255,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Losses at the active configuration, and the logits ``(N, K, H, W)``.
+
+    ``loss_ce``: per-pixel cross-entropy on ``masks`` (``(N, H', W')`` int64, resized
+    nearest to the logits if needed; skipped when ``masks`` is None). ``loss_distill``
+    (when ``teacher_logits`` is given): per-pixel KL(teacher || student), the teacher's
+    logits resized bilinearly to the student's size, averaged over pixels.
+    """
+    logits = model(images)["out"]
+    losses: dict[str, torch.Tensor] = {}
+    if masks is not None:
+        if masks.shape[-2:] != logits.shape[-2:]:
+            masks = F.interpolate(masks[:, None].float(), size=logits.shape[-2:], mode="nearest")[:, 0].long()
+        losses["loss_ce"] = F.cross_entropy(logits, masks, ignore_index=ignore_index)
+    if teacher_logits is not None:
+        if teacher_logits.shape[-2:] != logits.shape[-2:]:
+            teacher_logits = F.interpolate(teacher_logits, size=logits.shape[-2:], mode="bilinear", align_corners=False)
+        losses["loss_distill"] = distillation_loss(logits, teacher_logits)
+    return losses, logits
+
+
+def segmentation_mutual_step(
+    model: nn.Module,
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    *,
+    configs: Sequence[SubnetConfig],
+    optimizer: torch.optim.Optimizer,
+    task_weight: float = 0.0,
+    distill_weight: float = 1.0,
+    ignore_index: int = 255,
+) -> list[tuple[SubnetConfig, dict[str, float]]]:
+    """One sandwich-rule iteration of a slimmable segmenter; returns the losses per config.
+
+    ``images``: ``(N, 3, S, S)`` at the full crop; sub-networks get them resized to their
+    crop (bilinear, :func:`resize_crop`). ``configs[0]`` is the full configuration.
+    """
+    if not configs:
+        raise ValueError("configs must hold at least the full configuration")
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    teacher: torch.Tensor | None = None
+    report: list[tuple[SubnetConfig, dict[str, float]]] = []
+    for index, cfg in enumerate(configs):
+        with use_config(model, cfg):
+            if index == 0:
+                losses, logits = segmentation_losses(model, resize_crop(images, cfg.crop), masks, ignore_index=ignore_index)
+                teacher, total = logits.detach(), losses["loss_ce"]
+            else:
+                losses, _ = segmentation_losses(model, resize_crop(images, cfg.crop), masks if task_weight else None,
+                                                teacher_logits=teacher, ignore_index=ignore_index)
+                total = distill_weight * losses["loss_distill"]
+                if task_weight:
+                    total = total + task_weight * losses["loss_ce"]
+        total.backward()
+        report.append((cfg, {k: float(v.detach()) for k, v in losses.items()} | {"total": float(total.detach())}))
+    optimizer.step()
+    return report

@@ -1,0 +1,57 @@
+"""A few training iterations of each 2D project (instant-test configs)."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1] / "projects"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread on the shared 2-core CI box (oversubscription is 5x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _load(project: str):
+    path = ROOT / project / "train_net.py"
+    spec = importlib.util.spec_from_file_location(f"_project_{project}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("project, config, overrides", [
+    ("image_classification", "mobilenet_v1_shapes.yaml", ["solver.iterations=2", "data.num_images=6", "data.batch_size=4"]),
+    ("detection", "fasterrcnn_mobilenet_v2_shapes.yaml", ["solver.iterations=1", "data.num_images=2"]),
+    ("segmentation", "deeplabv3_mobilenet_v2_shapes.yaml", ["solver.iterations=1", "data.num_images=2"]),
+])
+def test_project_trains_a_few_iterations(project, config, overrides, capsys):
+    module = _load(project)
+    result = module.main(["--config", str(ROOT / project / "configs" / config), *overrides])
+    iterations = int(overrides[0].split("=")[1])
+    assert len(result["history"]) == iterations
+    for report in result["history"]:
+        cfgs = [cfg for cfg, _ in report]
+        assert cfgs[0].width == 1.0 and len(cfgs) >= 2
+        for _, losses in report:
+            assert losses and all(math.isfinite(v) for v in losses.values())
+    out = capsys.readouterr().out
+    assert out.count("iter 0 ") == len(result["history"][0])
+
+
+def test_config_override_errors_name_the_key(tmp_path):
+    module = _load("image_classification")
+    config = ROOT / "image_classification" / "configs" / "mobilenet_v1_shapes.yaml"
+    with pytest.raises(KeyError, match="solver.nope"):
+        module.load_config(str(config), ["solver.nope=1"])
+    with pytest.raises(ValueError, match="key=value"):
+        module.load_config(str(config), ["solver.lr"])

@@ -1,0 +1,207 @@
+"""Detection and segmentation on slimmable 2D backbones: every config, losses, distillation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+import mutualnet_video  # noqa: F401
+from mutualnet_video.core import SlimBatchNorm2d, SlimConv2d, SubnetConfig, get_space, resize_crop, use_config
+from mutualnet_video.core.heads import IntermediateFeatures
+from mutualnet_video.models._slim2d import RatioSlimConv2d
+from mutualnet_video.models.detection import (
+    DetectorBackboneView,
+    detection_losses,
+    detection_mutual_step,
+    mutual_fasterrcnn_mobilenet_v2_fpn,
+    mutual_fasterrcnn_resnet50_fpn,
+)
+from mutualnet_video.models.registry import create_model
+from mutualnet_video.models.segmentation import segmentation_losses, segmentation_mutual_step
+
+SMALL_RCNN = dict(
+    rpn_batch_size_per_image=32, box_batch_size_per_image=32, rpn_pre_nms_top_n_train=64,
+    rpn_post_nms_top_n_train=32, rpn_pre_nms_top_n_test=64, rpn_post_nms_top_n_test=32, box_detections_per_img=10,
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: the CI box is a shared 2-core machine, where torch's thread pool
+    oversubscribed by parallel jobs makes these small models 5x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+
+def _tiny_detector(builder=mutual_fasterrcnn_mobilenet_v2_fpn, **kw):
+    torch.manual_seed(0)
+    kw.setdefault("anchor_sizes", (16, 32, 64, 128))
+    return builder(num_classes=3, width_range=(0.25, 1.0), widths=(1.0, 0.25), crops=(48, 32), **SMALL_RCNN, **kw)
+
+
+def _detection_batch():
+    gen = torch.Generator().manual_seed(1)
+    images = [torch.rand(3, 48, 60, generator=gen), torch.rand(3, 54, 42, generator=gen)]
+    targets = [
+        {"boxes": torch.tensor([[6.0, 6.0, 30.0, 27.0]]), "labels": torch.tensor([1])},
+        {"boxes": torch.tensor([[3.0, 15.0, 22.0, 45.0], [22.0, 8.0, 38.0, 30.0]]), "labels": torch.tensor([2, 1])},
+    ]
+    return images, targets
+
+
+def _assert_trainable_slim_bn(model: nn.Module) -> None:
+    bns = [m for m in model.modules() if isinstance(m, (nn.BatchNorm2d, FrozenBatchNorm2d))]
+    assert bns and all(isinstance(m, SlimBatchNorm2d) for m in bns)
+
+
+def test_detector_structure_and_resize_follow_config():
+    model = _tiny_detector()
+    _assert_trainable_slim_bn(model.backbone)
+    inner = [block[0] for block in model.backbone.fpn.inner_blocks]
+    assert all(isinstance(c, SlimConv2d) and not c.slim_out for c in inner)
+    images, _ = _detection_batch()
+    model.eval()
+    for cfg in get_space(model).grid():
+        with use_config(model, cfg):
+            image_list, _ = model.transform(images)
+            assert min(image_list.image_sizes[0]) == cfg.crop
+            assert max(max(s) for s in image_list.image_sizes) <= model.transform.max_size
+    assert model.transform.min_size == (48,)  # back to the full size outside use_config
+
+
+def test_detection_losses_match_torchvision_forward():
+    model = _tiny_detector().train()
+    images, targets = _detection_batch()
+    torch.manual_seed(3)
+    ours, _ = detection_losses(model, images, targets)
+    torch.manual_seed(3)
+    reference = model(images, targets)
+    assert set(ours) == set(reference)
+    for key in reference:
+        torch.testing.assert_close(ours[key], reference[key])
+
+
+def test_detection_every_config_forward_backward():
+    model = _tiny_detector()
+    images, targets = _detection_batch()
+    space = get_space(model)
+    for cfg in space.grid():
+        model.train()
+        model.zero_grad()
+        with use_config(model, cfg):
+            losses, _ = detection_losses(model, images, targets)
+            sum(losses.values()).backward()
+            model.eval()
+            with torch.no_grad():
+                detections = model(images)
+        assert all(torch.isfinite(v) for v in losses.values()), cfg
+        grad = model.backbone.body["0"][0].weight.grad
+        active = 8 if cfg.width == 0.25 else 32
+        assert grad[:active].abs().sum() > 0 and grad[active:].abs().sum() == 0, cfg
+        assert len(detections) == 2 and detections[0]["boxes"].shape[-1] == 4
+
+
+def test_detection_distillation_is_zero_against_itself_and_step_trains():
+    model = _tiny_detector().train()
+    images, targets = _detection_batch()
+    full = get_space(model).full()
+    with use_config(model, full):
+        _, teacher = detection_losses(model, images, targets, return_teacher=True)
+        losses, _ = detection_losses(model, images, targets, teacher=teacher)
+    assert float(losses["loss_distill"].detach()) == pytest.approx(0.0, abs=1e-5)
+    before = model.backbone.body["1"].conv[1].weight.detach().clone()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    configs = [full, SubnetConfig(0.25, None, 32)]
+    report = detection_mutual_step(model, images, targets, configs=configs, optimizer=optimizer)
+    assert [cfg for cfg, _ in report] == configs
+    assert "loss_distill" not in report[0][1] and report[1][1]["loss_distill"] > 0
+    assert not torch.equal(before, model.backbone.body["1"].conv[1].weight)
+
+
+def test_detector_backbone_view_for_bn_calibration():
+    model = _tiny_detector()
+    view = DetectorBackboneView(model).train()
+    assert get_space(view) is get_space(model)
+    images = torch.rand(2, 3, 48, 48, generator=torch.Generator().manual_seed(4))
+    bn = model.backbone.body["0"][1]
+    bn.reset_running_stats()
+    bn.momentum = None  # cumulative average, as calibration does
+    small = SubnetConfig(0.25, None, 32)
+    with torch.no_grad(), use_config(view, small):
+        assert model.transform.min_size == (32,)  # switching the view switches the detector
+        features = view(images)
+    assert min(features["0"].shape[-2:]) == 4  # 32 px at stride 8
+    assert int(bn.num_batches_tracked) == 1 and bn.running_mean[:8].abs().sum() > 0
+    assert bn.running_mean[8:].abs().sum() == 0  # only the active channels are updated
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="nope"):
+        IntermediateFeatures(stages={"a": nn.Identity()}, return_layers={"nope": "0"})
+    with pytest.raises(ValueError, match="channel_ratio 3"):
+        RatioSlimConv2d(4, 8, 1, channel_ratio=3)
+    with pytest.raises(ValueError, match="one size per pyramid level"):
+        _tiny_detector(anchor_sizes=(16, 32))
+
+
+@pytest.mark.slow
+def test_resnet50_detector_runs_every_config():
+    model = _tiny_detector(mutual_fasterrcnn_resnet50_fpn, anchor_sizes=(16, 32, 64, 128, 256))
+    images, targets = _detection_batch()
+    for cfg in get_space(model).grid():
+        with use_config(model, cfg):
+            losses, _ = detection_losses(model.train(), images, targets)
+            sum(losses.values()).backward()
+
+
+# -- segmentation ---------------------------------------------------------------------------
+def _tiny_segmenter(name="mutual_deeplabv3_mobilenet_v2"):
+    torch.manual_seed(0)
+    return create_model(name, num_classes=3, width_range=(0.25, 1.0), widths=(1.0, 0.25), crops=(32, 24))
+
+
+def _seg_batch():
+    gen = torch.Generator().manual_seed(2)
+    return torch.rand(2, 3, 32, 32, generator=gen), torch.randint(0, 3, (2, 32, 32), generator=gen)
+
+
+@pytest.mark.parametrize("name", [
+    "mutual_deeplabv3_mobilenet_v2",
+    pytest.param("mutual_fcn_resnet50", marks=pytest.mark.slow),
+    pytest.param("mutual_deeplabv3_resnet50", marks=pytest.mark.slow),
+])
+def test_segmentation_every_config_forward_backward(name):
+    model = _tiny_segmenter(name)
+    _assert_trainable_slim_bn(model)
+    images, masks = _seg_batch()
+    for cfg in get_space(model).grid():
+        model.train()
+        with use_config(model, cfg):
+            losses, logits = segmentation_losses(model, resize_crop(images, cfg.crop), masks)
+            losses["loss_ce"].backward()
+            model.eval()
+            with torch.no_grad():
+                out = model(resize_crop(images, cfg.crop))["out"]
+        assert logits.shape == out.shape == (2, 3, cfg.crop, cfg.crop), cfg
+
+
+def test_segmentation_distillation_and_step():
+    model = _tiny_segmenter().eval()  # eval: the ASPP dropout would make two runs differ
+    images, masks = _seg_batch()
+    full = get_space(model).full()
+    with use_config(model, full):
+        _, teacher = segmentation_losses(model, images, masks)
+        losses, _ = segmentation_losses(model, images, None, teacher_logits=teacher)
+    assert float(losses["loss_distill"].detach()) == pytest.approx(0.0, abs=1e-5)
+    small = SubnetConfig(0.25, None, 24)
+    with use_config(model, small):  # teacher logits at 32 px are resized to the student's 24 px
+        losses, logits = segmentation_losses(model, resize_crop(images, 24), None, teacher_logits=teacher)
+    assert logits.shape[-1] == 24 and float(losses["loss_distill"].detach()) > 0
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    report = segmentation_mutual_step(model, images, masks, configs=[full, small], optimizer=optimizer)
+    assert set(report[0][1]) == {"loss_ce", "total"} and set(report[1][1]) == {"loss_distill", "total"}
