@@ -30,6 +30,7 @@ from mutualnet_video.models import (
     create_slimmable_resnet,
     create_slimmable_slowfast,
     create_slimmable_x3d,
+    get_model_entrypoint,
     list_models,
     register_model,
     slimmable,
@@ -268,7 +269,17 @@ def test_slowfast_space_needs_matching_alpha():
 REDUCED = dict(model_num_class=10, frames=(2, 1), crops=(32,), widths=(1.0, 0.5))
 
 
-@pytest.mark.parametrize("name", list_models())
+VIDEO_MODELS = [
+    name for name in list_models()
+    if get_model_entrypoint(name).__module__.rsplit(".", 1)[-1] in ("x3d", "slowfast", "resnet")
+]  # the 2D entrypoints have their own shape tests (tests/test_2d_models.py)
+
+
+def test_every_video_family_is_registered():
+    assert {"mutual_x3d_xs", "mutual_x3d_m", "mutual_slowfast_r50", "mutual_slow_r50"} <= set(VIDEO_MODELS)
+
+
+@pytest.mark.parametrize("name", VIDEO_MODELS)
 def test_registered_model_shapes_every_config(name):
     torch.manual_seed(0)
     model = create_model(name, **REDUCED).eval()
