@@ -28,17 +28,6 @@ _NOT_COUNTED = (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: the CI box is a shared 2-core machine, where torch's thread pool
-    oversubscribed by parallel jobs makes these small models 5x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-
 def flops_2d(model: nn.Module, cfg: SubnetConfig) -> int:
     model.eval()
     with use_config(model, cfg), torch.no_grad():

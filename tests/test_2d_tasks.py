@@ -27,17 +27,6 @@ SMALL_RCNN = dict(
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: the CI box is a shared 2-core machine, where torch's thread pool
-    oversubscribed by parallel jobs makes these small models 5x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-
 def _tiny_detector(builder=mutual_fasterrcnn_mobilenet_v2_fpn, **kw):
     torch.manual_seed(0)
     kw.setdefault("anchor_sizes", (16, 32, 64, 128))

@@ -31,15 +31,6 @@ from mutualnet_video.evaluation.toy import toy_slowfast, toy_x3d
 from mutualnet_video.export import export_subnet
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors on a shared 2-core machine: OpenMP spinning makes 2 threads ~30x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _rec(width, frames, crop, gflops, top1, *, views="1x1", latency=None, top5=None):
     n = 1 if views == "1x1" else 30
     return BudgetRecord(width=width, frames=frames, crop=crop, views=views, gflops_per_view=gflops / n,

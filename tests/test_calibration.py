@@ -30,16 +30,6 @@ from mutualnet_video.evaluation.calibration import (
 from mutualnet_video.evaluation.evaluator import evaluate_configs
 from mutualnet_video.evaluation.toy import toy_slowfast, toy_x3d
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors on a shared 2-core machine: OpenMP spinning makes 2 threads ~30x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 FULL = SubnetConfig(1.0, 4, 32)
 SMALL = SubnetConfig(0.5, 2, 24)
 

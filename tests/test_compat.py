@@ -15,16 +15,6 @@ from mutualnet_video import compat
 from mutualnet_video.core import SubnetConfig, use_config
 from mutualnet_video.models import create_slimmable_slowfast, create_slimmable_x3d
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors on a shared 2-core machine: intra-op threads only add spin-wait."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 X3D_KW = dict(input_clip_length=4, input_crop_size=64, model_num_class=10, depth_factor=1.0, dropout_rate=0.0)
 
 

@@ -25,16 +25,6 @@ from mutualnet_video.evaluation.calibration import calibrate_bn
 from mutualnet_video.evaluation.toy import ToyX3D, toy_slowfast, toy_x3d
 from mutualnet_video.export import example_inputs, export_onnx, export_subnet, export_torchscript
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors on a shared 2-core machine: OpenMP spinning makes 2 threads ~30x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 CONFIGS = [SubnetConfig(1.0, 4, 32), SubnetConfig(0.75, 2, 32), SubnetConfig(0.5, 2, 24)]
 
 

@@ -20,16 +20,6 @@ from mutualnet_video.evaluation import count_flops, count_params
 from mutualnet_video.models import create_model, create_slimmable_resnet
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors on a shared 2-core machine: intra-op threads only add spin-wait."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-
 class _Tiny(nn.Module):
     def __init__(self) -> None:
         super().__init__()

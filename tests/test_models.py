@@ -36,16 +36,6 @@ from mutualnet_video.models import (
     slimmable,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors on a shared 2-core machine: intra-op threads only add spin-wait."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # Tiny versions of the three families: small inputs, head pools sized for them.
 X3D_KW = dict(input_clip_length=2, input_crop_size=32, model_num_class=10, dropout_rate=0.0, depth_factor=1.0)
 SLOW_R50_KW = dict(

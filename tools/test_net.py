@@ -78,6 +78,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from mutualnet_video.engine.config import build_model, load_config
+
+    import mutualnet_video  # noqa: F401
+    from mutualnet_video.core import SubnetConfig, get_space
     from mutualnet_video.evaluation import (
         ViewSpec,
         calibrated_path,
@@ -86,9 +89,6 @@ def main(argv: list[str] | None = None) -> int:
         run_budgets,
         save_weights,
     )
-
-    import mutualnet_video  # noqa: F401
-    from mutualnet_video.core import SubnetConfig, get_space
 
     cfg = load_config(args.config, args.opts)
     model = build_model(cfg)
