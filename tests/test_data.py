@@ -14,10 +14,9 @@ import pytest
 import torch
 from pytorchvideo.data.clip_sampling import ConstantClipsPerVideoSampler as StockConstantClipsPerVideoSampler
 from pytorchvideo.data.encoded_video import EncodedVideo
-from pytorchvideo.data.encoded_video_pyav import EncodedVideoPyAV
 
 import mutualnet_video  # noqa: F401  (compat alias before pytorchvideo)
-from mutualnet_video.core import ConfigSpace, SubnetConfig, clip_for_config
+from mutualnet_video.core import ConfigSpace, SubnetConfig, clip_for_config, subsample_frames
 from mutualnet_video.data import (
     SYNTHETIC_CLASSES,
     ConstantClipsPerVideoSampler,
@@ -30,6 +29,7 @@ from mutualnet_video.data import (
     shard_indices,
     worker_split,
 )
+from mutualnet_video.data.decoding import SubsampledPyAV, open_video
 
 SPACE = ConfigSpace(width_range=(0.25, 1.0), frames=(4, 2), crops=(32, 24))
 MEAN, STD = (0.45, 0.45, 0.45), (0.225, 0.225, 0.225)
@@ -205,13 +205,13 @@ def test_fixed_constant_clip_sampler_reaches_video_end(tmp_path):
 
 def test_sandwich_inputs_come_from_one_decode_per_clip(tiny, monkeypatch):
     calls = []
-    original = EncodedVideoPyAV.get_clip
+    original = SubsampledPyAV.get_clip
 
     def counting_get_clip(self, start, end):
         calls.append(self.name)
         return original(self, start, end)
 
-    monkeypatch.setattr(EncodedVideoPyAV, "get_clip", counting_get_clip)
+    monkeypatch.setattr(SubsampledPyAV, "get_clip", counting_get_clip)
     dataset = kinetics_dataset(data_path=tiny["root"], split="train", space=SPACE)
     loader = build_loader(dataset, batch_size=2, num_workers=0)
     sampler = MutualClipSampler(SPACE, generator=torch.Generator().manual_seed(3))
@@ -385,6 +385,19 @@ def test_decord_and_pyav_decode_the_same_clips(tiny):
     for a, b in zip(outputs["pyav"], outputs["decord"]):
         assert a["video_name"] == b["video_name"]
         torch.testing.assert_close(a["video"], b["video"], atol=0.05, rtol=0)
+
+
+@pytest.mark.parametrize("decoder", ["pyav", "decord"])
+def test_subsampled_decoders_equal_stock_decode_then_subsample(tiny, decoder):
+    path = str(Path(tiny["root"]) / (Path(tiny["root"]) / "train.csv").read_text().split()[0])
+    stock = EncodedVideo.from_path(path, decode_audio=False, decoder=decoder)
+    for num_frames in (4, 5, 16, 20):
+        ours = open_video(path, decoder=decoder, num_frames=num_frames)
+        for start, end in ((Fraction(0), Fraction(2)), (Fraction(1, 2), Fraction(3, 2)), (Fraction(1), Fraction(3))):
+            expected = subsample_frames(stock.get_clip(start, end)["video"], num_frames)
+            got = ours.get_clip(start, end)["video"]
+            assert got.shape == expected.shape and got.dtype == torch.float32
+            torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
 
 def test_synthetic_dataset_copy_is_relocatable(tiny, tmp_path):

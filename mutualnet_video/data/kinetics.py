@@ -38,6 +38,7 @@ from pytorchvideo.data.utils import MultiProcessSampler
 from pytorchvideo.transforms.functional import short_side_scale, uniform_crop, uniform_temporal_subsample
 
 from ..core import ConfigSpace
+from .decoding import open_video
 from .sampling import ConstantClipsPerVideoSampler, FullVideoClipSampler, ShardedVideoSampler
 
 __all__ = [
@@ -207,7 +208,9 @@ class VideoClipTransform:
 class VideoDataset(LabeledVideoDataset):
     """PyTorchVideo's ``LabeledVideoDataset`` that counts what it decodes and what fails.
 
-    Iterating yields ``transform(clip_dict)`` for each clip of each video of this rank's
+    With ``num_frames``, videos are opened with ``open_video(..., num_frames=...)``: each
+    decoded clip holds only the ``num_frames`` frames the transform keeps (the same
+    frames, converted once). Iterating yields ``transform(clip_dict)`` for each clip of each video of this rank's
     shard (split again over DataLoader workers). A video that cannot be opened or
     decoded is skipped, counted in ``stats`` and named once in the log (warning). If a
     pass over a non-empty shard yields nothing (in the main process; ``VideoLoader``
@@ -220,12 +223,13 @@ class VideoDataset(LabeledVideoDataset):
     def __init__(self, labeled_videos: Sequence[tuple[str, int]], *, clip_sampler: ClipSampler,
                  transform: Callable[[dict], dict] | None, decoder: str = "pyav", rank: int = 0,
                  world_size: int = 1, shuffle: bool = False, seed: int = 0, clips_per_video: int = 1,
-                 data_path: str = "") -> None:
+                 data_path: str = "", num_frames: int | None = None) -> None:
         paths = LabeledVideoPaths(list(labeled_videos))
         sampler = partial(ShardedVideoSampler, rank=rank, world_size=world_size, shuffle=shuffle, seed=seed)
         super().__init__(paths, clip_sampler, sampler, transform, decode_audio=False, decoder=decoder)
         self.data_path = data_path
         self.clips_per_video = clips_per_video
+        self.num_frames = num_frames
         n = len(paths)
         self._clips_decoded = torch.zeros(n, dtype=torch.int64).share_memory_()
         self._failed = torch.zeros(n, dtype=torch.bool).share_memory_()
@@ -281,7 +285,7 @@ class VideoDataset(LabeledVideoDataset):
             attempted += 1
             path, info = self._labeled_videos[video_index]
             try:
-                video = self.video_path_handler.video_from_path(path, decode_audio=False, decoder=self._decoder)
+                video = open_video(path, decoder=self._decoder, num_frames=self.num_frames)
             except Exception as e:  # unreadable, corrupt, missing
                 self._fail(video_index, path, e)
                 last_error = (path, e)
@@ -400,7 +404,7 @@ def kinetics_dataset(
         clip_sampler = ConstantClipsPerVideoSampler(clip_duration, temporal_clips, spatial_crops)
     return VideoDataset(entries, clip_sampler=clip_sampler, transform=transform, decoder=decoder, rank=rank,
                         world_size=world_size, shuffle=split == "train" if shuffle is None else shuffle, seed=seed,
-                        clips_per_video=temporal_clips * spatial_crops, data_path=csv_or_dir)
+                        clips_per_video=temporal_clips * spatial_crops, data_path=csv_or_dir, num_frames=frames)
 
 
 class VideoLoader(torch.utils.data.DataLoader):
