@@ -58,7 +58,7 @@ def render_clip(label: int, *, frames: int, height: int, width: int,
 
     # Background: a random colour, static texture noise and a little per-frame noise.
     base = rng.uniform(40, 200, size=3)
-    background = base + rng.normal(0.0, 18.0, size=(height, width, 3))
+    background = base + rng.normal(0.0, 10.0, size=(height, width, 3))
     # Blob colour far from the background colour.
     colour = np.where(base > 120, rng.uniform(0, 60, 3), rng.uniform(180, 255, 3))
 
@@ -77,7 +77,7 @@ def render_clip(label: int, *, frames: int, height: int, width: int,
         # A trajectory inside [r_max, extent - r_max] whose start is random: the
         # positions of the up and down classes have the same marginal distribution.
         room = extent - 2 * r_max
-        dist = rng.uniform(0.45, 0.85) * room
+        dist = rng.uniform(0.5, 0.9) * room
         start = r_max + rng.uniform(0.0, room - dist)
         pos = start + dist * t
         return pos if sign > 0 else pos[::-1].copy()
@@ -122,7 +122,7 @@ def render_clip(label: int, *, frames: int, height: int, width: int,
         shade = 0.65 + 0.35 * checker[..., None]
         blob = colour * shade
         blob[bar] = 255.0 - colour
-        frame = background * (1 - inside) + blob * inside + rng.normal(0.0, 5.0, size=(height, width, 1))
+        frame = background * (1 - inside) + blob * inside + rng.normal(0.0, 3.0, size=(height, width, 1))
         out[i] = np.clip(frame, 0, 255).astype(np.uint8)
     return out
 
