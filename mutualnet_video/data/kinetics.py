@@ -208,10 +208,10 @@ class VideoClipTransform:
 class VideoDataset(LabeledVideoDataset):
     """PyTorchVideo's ``LabeledVideoDataset`` that counts what it decodes and what fails.
 
-    With ``num_frames``, videos are opened with ``open_video(..., num_frames=...)``: each
-    decoded clip holds only the ``num_frames`` frames the transform keeps (the same
-    frames, converted once). Iterating yields ``transform(clip_dict)`` for each clip of each video of this rank's
-    shard (split again over DataLoader workers). A video that cannot be opened or
+    Iterating yields ``transform(clip_dict)`` for each clip of each video of this rank's
+    shard (split again over DataLoader workers). With ``num_frames``, videos are opened
+    with ``open_video(..., num_frames=...)``: a decoded clip holds only the frames the
+    transform keeps (the same frames, converted once). A video that cannot be opened or
     decoded is skipped, counted in ``stats`` and named once in the log (warning). If a
     pass over a non-empty shard yields nothing (in the main process; ``VideoLoader``
     checks the multi-worker case), it raises RuntimeError naming the data path.
