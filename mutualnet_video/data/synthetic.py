@@ -45,6 +45,7 @@ SYNTHETIC_CLASSES: tuple[str, ...] = (
 )
 _FLIP_INVARIANT = 4  # the first 4 classes keep their label under a horizontal flip
 _MANIFEST_VERSION = 1
+_RENDERER_VERSION = 2  # bump when render_clip changes: stale datasets are rebuilt
 
 
 def render_clip(label: int, *, frames: int, height: int, width: int,
@@ -57,17 +58,17 @@ def render_clip(label: int, *, frames: int, height: int, width: int,
     t = np.linspace(0.0, 1.0, frames)  # (T,), constant speed
 
     # Background: a random colour, static texture noise and a little per-frame noise.
-    base = rng.uniform(40, 200, size=3)
+    base = rng.uniform(20, 110, size=3)
     background = base + rng.normal(0.0, 10.0, size=(height, width, 3))
-    # Blob colour far from the background colour.
-    colour = np.where(base > 120, rng.uniform(0, 60, 3), rng.uniform(180, 255, 3))
+    # A bright blob on a darker background (one contrast polarity).
+    colour = rng.uniform(170, 255, size=3)
 
-    radius0 = rng.uniform(0.12, 0.18) * short
+    radius0 = rng.uniform(0.16, 0.22) * short
     radius = np.full(frames, radius0)
     angle = np.full(frames, rng.uniform(0, 2 * math.pi))
     if name in ("grow", "shrink"):
-        lo, hi = 0.09 * short, 0.26 * short
-        ratio = rng.uniform(1.6, 2.2)
+        lo, hi = 0.1 * short, 0.32 * short
+        ratio = rng.uniform(1.7, 2.2)
         r_small = rng.uniform(lo, hi / ratio)
         r_big = r_small * ratio
         radius = r_small + (r_big - r_small) * (t if name == "grow" else 1.0 - t)
@@ -77,7 +78,7 @@ def render_clip(label: int, *, frames: int, height: int, width: int,
         # A trajectory inside [r_max, extent - r_max] whose start is random: the
         # positions of the up and down classes have the same marginal distribution.
         room = extent - 2 * r_max
-        dist = rng.uniform(0.5, 0.9) * room
+        dist = rng.uniform(0.6, 0.95) * room
         start = r_max + rng.uniform(0.0, room - dist)
         pos = start + dist * t
         return pos if sign > 0 else pos[::-1].copy()
@@ -121,7 +122,7 @@ def render_clip(label: int, *, frames: int, height: int, width: int,
         bar = (np.abs(v) < 0.35 * cells) & (u > 0)
         shade = 0.65 + 0.35 * checker[..., None]
         blob = colour * shade
-        blob[bar] = 255.0 - colour
+        blob[bar] = 0.3 * colour
         frame = background * (1 - inside) + blob * inside + rng.normal(0.0, 3.0, size=(height, width, 1))
         out[i] = np.clip(frame, 0, 255).astype(np.uint8)
     return out
@@ -186,8 +187,8 @@ def make_synthetic_kinetics(
     root: str | os.PathLike,
     *,
     num_classes: int = 4,
-    train_per_class: int = 24,
-    val_per_class: int = 8,
+    train_per_class: int = 48,
+    val_per_class: int = 12,
     frames: int = 32,
     size: int | Sequence[int] = (64, 80),
     fps: int = 16,
@@ -234,6 +235,7 @@ def make_synthetic_kinetics(
     params = {
         "num_classes": num_classes, "train_per_class": train_per_class, "val_per_class": val_per_class,
         "frames": frames, "height": height, "width": width, "fps": fps, "seed": seed, "codec": codec,
+        "renderer": _RENDERER_VERSION,
     }
     info = {
         "root": str(root), "train_csv": str(root / "train.csv"), "val_csv": str(root / "val.csv"),
