@@ -1,0 +1,448 @@
+"""Kinetics-style video datasets on PyTorchVideo, with counted failures and sharding.
+
+``kinetics_dataset`` reads a CSV of ``<path> <label>`` lines (or a folder of class
+folders) and yields one dict per clip (per view for ``split="test"``)::
+
+    {"video": FloatTensor (C, T_full, S, S) normalized, "label": int, "video_index": int,
+     "clip_index": int, "aug_index": int, "video_name": str}
+
+with ``T_full = space.full().frames * (space.slowfast_alpha or 1)`` frames picked
+uniformly over the clip and ``S = space.full().crop``: the input of the FULL
+configuration; every smaller configuration is built from it on the device by
+``MutualClipSampler`` (one decode per clip).
+
+It is PyTorchVideo's ``LabeledVideoDataset`` with three fixes (REFERENCE section 3):
+decode failures are counted in ``dataset.stats`` and named once in the log instead of
+being logged at debug level and dropped (an epoch in which nothing decodes raises,
+naming the data path); the multi-view clip sampler reaches the end of each video; and
+videos are sharded over ranks as well as DataLoader workers, without padding or
+duplicates. A malformed CSV raises before any decoding, naming file and line.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from fractions import Fraction
+from functools import partial
+from typing import Any
+
+import torch
+from pytorchvideo.data.clip_sampling import ClipSampler, RandomClipSampler
+from pytorchvideo.data.labeled_video_dataset import LabeledVideoDataset
+from pytorchvideo.data.labeled_video_paths import LabeledVideoPaths
+from pytorchvideo.data.utils import MultiProcessSampler
+from pytorchvideo.transforms.functional import short_side_scale, uniform_crop, uniform_temporal_subsample
+
+from ..core import ConfigSpace
+from .decoding import open_video
+from .sampling import ConstantClipsPerVideoSampler, FullVideoClipSampler, ShardedVideoSampler
+
+__all__ = [
+    "DECODERS",
+    "VIDEO_EXTENSIONS",
+    "resolve_decoder",
+    "read_video_list",
+    "VideoClipTransform",
+    "VideoDataset",
+    "kinetics_dataset",
+    "VideoLoader",
+    "build_loader",
+]
+
+logger = logging.getLogger(__name__)
+
+#: decoder key -> the module it needs. PyTorchVideo's "torchvision" decoder is broken
+#: with torchvision >= 0.16 (REFERENCE section 3) and is not offered.
+DECODERS: dict[str, str] = {"pyav": "av", "decord": "decord"}
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov")
+SPLITS = ("train", "val", "test")
+
+
+def resolve_decoder(decoder: str) -> str:
+    """The decoder to use for ``decoder``: itself if importable, else ``"pyav"`` with a warning.
+
+    Raises ValueError naming an unknown decoder.
+    """
+    if decoder not in DECODERS:
+        hint = " (PyTorchVideo's torchvision decoder is broken with current torchvision)" if decoder == "torchvision" else ""
+        raise ValueError(f"unknown video decoder {decoder!r}{hint}; choose one of {sorted(DECODERS)}")
+    try:
+        importlib.import_module(DECODERS[decoder])
+    except ImportError as e:
+        if decoder == "pyav":
+            raise ImportError(f"the pyav decoder needs PyAV (`pip install av`): {e}") from e
+        warnings.warn(f"video decoder {decoder!r} is not importable ({e}); falling back to 'pyav'",
+                      RuntimeWarning, stacklevel=2)
+        importlib.import_module(DECODERS["pyav"])
+        return "pyav"
+    return decoder
+
+
+def read_video_list(data_path: str | os.PathLike, *, video_path_prefix: str = "",
+                    check_files: bool = True) -> list[tuple[str, int]]:
+    """Read ``(video path, label)`` pairs from a CSV file or a folder of class folders.
+
+    CSV: one ``<path> <label>`` line per video (whitespace-separated, paths without
+    spaces; blank lines and ``#`` comments skipped). Relative paths are joined to
+    ``video_path_prefix`` if given, else to the CSV's folder. Folder: every video in
+    ``<class>/`` sub-folders, labels by sorted class name (like PyTorchVideo).
+
+    Raises ValueError naming ``file:line`` for a wrong column count, a non-integer or
+    negative label, or (``check_files``) a video that does not exist; and naming the
+    path when it lists no video.
+    """
+    data_path = os.fspath(data_path)
+    entries: list[tuple[str, int]] = []
+    if os.path.isdir(data_path):
+        classes = sorted(d.name for d in os.scandir(data_path) if d.is_dir())
+        for label, name in enumerate(classes):
+            folder = os.path.join(data_path, name)
+            for file in sorted(os.listdir(folder)):
+                if file.lower().endswith(VIDEO_EXTENSIONS):
+                    entries.append((os.path.join(folder, file), label))
+    elif os.path.isfile(data_path):
+        base = video_path_prefix or os.path.dirname(os.path.abspath(data_path))
+        with open(data_path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, start=1):
+                text = line.strip()
+                if not text or text.startswith("#"):
+                    continue
+                fields = text.split()
+                if len(fields) != 2:
+                    raise ValueError(f"{data_path}:{lineno}: expected '<path> <label>' (2 columns), "
+                                     f"got {len(fields)}: {text!r}")
+                path, label_text = fields
+                try:
+                    label = int(label_text)
+                except ValueError:
+                    raise ValueError(f"{data_path}:{lineno}: label {label_text!r} is not an integer") from None
+                if label < 0:
+                    raise ValueError(f"{data_path}:{lineno}: label {label} is negative")
+                path = os.path.join(base, path)  # an absolute path stays as it is
+                if check_files and not os.path.exists(path):
+                    raise ValueError(f"{data_path}:{lineno}: video {path} does not exist")
+                entries.append((path, label))
+    else:
+        raise FileNotFoundError(f"video list {data_path} not found (need a CSV file or a folder of class folders)")
+    if not entries:
+        raise ValueError(f"{data_path} lists no videos")
+    return entries
+
+
+def _split_file(data_path: str, split: str) -> str:
+    """A folder holding ``<split>.csv`` stands for that CSV (``test`` falls back to ``val.csv``)."""
+    if os.path.isdir(data_path):
+        names = [f"{split}.csv"] + (["val.csv"] if split == "test" else [])
+        for name in names:
+            candidate = os.path.join(data_path, name)
+            if os.path.isfile(candidate):
+                return candidate
+    return data_path
+
+
+class VideoClipTransform:
+    """Turn a decoded clip dict into the model-ready sample (one call per clip/view).
+
+    ``train``: ``frames`` frames uniformly over the clip, short side scaled to a random
+    size in ``[min_short_side, max_short_side]``, random ``crop x crop`` crop, random
+    horizontal flip (if ``horizontal_flip``). ``val``/``test``: short side scaled to
+    ``crop``, then the centre crop (``spatial_crops=1``) or the left/centre/right crop
+    selected by ``aug_index`` (``spatial_crops=3``). Normalized last (fewer pixels):
+    ``(x / 255 - mean) / std``.
+    """
+
+    def __init__(self, *, mode: str, frames: int, crop: int, mean: Sequence[float] = (0.45, 0.45, 0.45),
+                 std: Sequence[float] = (0.225, 0.225, 0.225), min_short_side: int | None = None,
+                 max_short_side: int | None = None, spatial_crops: int = 1, horizontal_flip: bool = True) -> None:
+        if mode not in SPLITS:
+            raise ValueError(f"mode must be one of {SPLITS}, got {mode!r}")
+        if spatial_crops not in (1, 3):
+            raise ValueError(f"spatial_crops must be 1 or 3, got {spatial_crops!r}")
+        if len(mean) != len(std) or any(s <= 0 for s in std):
+            raise ValueError(f"mean/std must have the same length and std > 0, got {mean}, {std}")
+        self.mode, self.frames, self.crop = mode, frames, crop
+        self.min_short_side = min_short_side or round(crop * 256 / 224)
+        self.max_short_side = max_short_side or round(crop * 320 / 224)
+        if not crop <= self.min_short_side <= self.max_short_side:
+            raise ValueError(f"need crop <= min_short_side <= max_short_side, got {crop}, "
+                             f"{self.min_short_side}, {self.max_short_side}")
+        self.spatial_crops, self.horizontal_flip = spatial_crops, horizontal_flip
+        # (x / 255 - mean) / std == x * scale - shift
+        self._scale = torch.tensor([1.0 / (255.0 * s) for s in std]).view(-1, 1, 1, 1)
+        self._shift = torch.tensor([m / s for m, s in zip(mean, std)]).view(-1, 1, 1, 1)
+
+    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
+        video = sample["video"]
+        if video.dtype != torch.float32:
+            video = video.float()
+        video = uniform_temporal_subsample(video, self.frames)
+        if self.mode == "train":
+            size = int(torch.randint(self.min_short_side, self.max_short_side + 1, ()))
+            video = short_side_scale(video, size)
+            height, width = video.shape[-2:]
+            top = int(torch.randint(0, height - self.crop + 1, ()))
+            left = int(torch.randint(0, width - self.crop + 1, ()))
+            video = video[..., top:top + self.crop, left:left + self.crop]
+            if self.horizontal_flip and bool(torch.rand(()) < 0.5):
+                video = video.flip(-1)
+        else:
+            video = short_side_scale(video, self.crop)
+            index = 1 if self.spatial_crops == 1 else int(sample["aug_index"])
+            video = uniform_crop(video, self.crop, index)
+        # short_side_scale returned a new tensor: the in-place ops touch no shared clip.
+        video = video.mul_(self._scale).sub_(self._shift).contiguous()
+        return {
+            "video": video,
+            "label": int(sample["label"]),
+            "video_index": int(sample["video_index"]),
+            "clip_index": int(sample["clip_index"]),
+            "aug_index": int(sample["aug_index"]),
+            "video_name": str(sample["video_name"]),
+        }
+
+
+class VideoDataset(LabeledVideoDataset):
+    """PyTorchVideo's ``LabeledVideoDataset`` that counts what it decodes and what fails.
+
+    Iterating yields ``transform(clip_dict)`` for each clip of each video of this rank's
+    shard (split again over DataLoader workers). With ``num_frames``, videos are opened
+    with ``open_video(..., num_frames=...)``: a decoded clip holds only the frames the
+    transform keeps (the same frames, converted once). A video that cannot be opened or
+    decoded is skipped, counted in ``stats`` and named once in the log (warning). If a
+    pass over a non-empty shard yields nothing (in the main process; ``VideoLoader``
+    checks the multi-worker case), it raises RuntimeError naming the data path.
+
+    The counters live in shared memory, so ``stats`` in the main process includes
+    what DataLoader workers did.
+    """
+
+    def __init__(self, labeled_videos: Sequence[tuple[str, int]], *, clip_sampler: ClipSampler,
+                 transform: Callable[[dict], dict] | None, decoder: str = "pyav", rank: int = 0,
+                 world_size: int = 1, shuffle: bool = False, seed: int = 0, clips_per_video: int = 1,
+                 data_path: str = "", num_frames: int | None = None) -> None:
+        paths = LabeledVideoPaths(list(labeled_videos))
+        sampler = partial(ShardedVideoSampler, rank=rank, world_size=world_size, shuffle=shuffle, seed=seed)
+        super().__init__(paths, clip_sampler, sampler, transform, decode_audio=False, decoder=decoder)
+        self.data_path = data_path
+        self.clips_per_video = clips_per_video
+        self.num_frames = num_frames
+        n = len(paths)
+        self._clips_decoded = torch.zeros(n, dtype=torch.int64).share_memory_()
+        self._failed = torch.zeros(n, dtype=torch.bool).share_memory_()
+        self._iterator: Iterator[dict] | None = None
+
+    # --- bookkeeping -------------------------------------------------------------------
+    @property
+    def stats(self) -> dict[str, Any]:
+        """``{"videos", "decoded" (clips), "decoded_videos", "failed" (videos), "failed_paths"}``."""
+        failed = self._failed.nonzero().flatten().tolist()
+        return {
+            "videos": len(self._labeled_videos),
+            "decoded": int(self._clips_decoded.sum()),
+            "decoded_videos": int((self._clips_decoded > 0).sum()),
+            "failed": len(failed),
+            "failed_paths": [self._labeled_videos[i][0] for i in failed],
+        }
+
+    def reset_stats(self) -> None:
+        self._clips_decoded.zero_()
+        self._failed.zero_()
+
+    def set_epoch(self, epoch: int) -> None:
+        """Reshuffle (train) for ``epoch``; reaches running workers (shared memory)."""
+        self._video_sampler.set_epoch(epoch)
+
+    def video_path(self, video_index: int) -> str:
+        return self._labeled_videos[video_index][0]
+
+    def _fail(self, video_index: int, path: str, error: BaseException) -> None:
+        if not bool(self._failed[video_index]):
+            logger.warning("skipping video %s: %s: %s", path, type(error).__name__, error)
+        self._failed[video_index] = True
+
+    def __len__(self) -> int:
+        """Clips (views) this rank yields per epoch if nothing fails."""
+        return len(self._video_sampler) * self.clips_per_video
+
+    # --- iteration -----------------------------------------------------------------------
+    def __iter__(self) -> Iterator[dict]:
+        return self._generate()
+
+    def __next__(self) -> dict:
+        if self._iterator is None:
+            self._iterator = self._generate()
+        return next(self._iterator)
+
+    def _generate(self) -> Iterator[dict]:
+        in_worker = torch.utils.data.get_worker_info() is not None
+        attempted = yielded = 0
+        last_error: tuple[str, BaseException] | None = None
+        for video_index in MultiProcessSampler(self._video_sampler):
+            attempted += 1
+            path, info = self._labeled_videos[video_index]
+            try:
+                video = open_video(path, decoder=self._decoder, num_frames=self.num_frames)
+            except Exception as e:  # unreadable, corrupt, missing
+                self._fail(video_index, path, e)
+                last_error = (path, e)
+                continue
+            try:
+                self._clip_sampler.reset()
+                next_start: float | Fraction = 0.0
+                clip: dict | None = None
+                while True:
+                    start, end, clip_index, aug_index, is_last = self._clip_sampler(next_start, video.duration, info)
+                    if aug_index == 0 or clip is None:  # views of a clip share one decode
+                        try:
+                            clip = video.get_clip(start, end)
+                            if clip is None or clip.get("video") is None:
+                                raise RuntimeError(f"no frames in [{float(start):.3f}, {float(end):.3f}) s "
+                                                   f"of a {float(video.duration):.3f} s video")
+                        except Exception as e:
+                            self._fail(video_index, path, e)
+                            last_error = (path, e)
+                            break
+                        self._clips_decoded[video_index] += 1
+                    next_start = end
+                    sample = {"video": clip["video"], "video_name": video.name, "video_index": video_index,
+                              "clip_index": clip_index, "aug_index": aug_index, **info}
+                    if self._transform is not None:
+                        sample = self._transform(sample)
+                    if sample is not None:
+                        yielded += 1
+                        yield sample
+                    if is_last:
+                        break
+            finally:
+                video.close()
+        if attempted and not yielded and not in_worker:
+            raise RuntimeError(_nothing_decoded_message(self, attempted, last_error))
+
+
+def _nothing_decoded_message(dataset: VideoDataset, attempted: int, last_error: tuple[str, BaseException] | None) -> str:
+    detail = f"; last error on {last_error[0]}: {last_error[1]}" if last_error else ""
+    return (f"no clip could be decoded from {dataset.data_path or 'the dataset'}: "
+            f"all {attempted} videos tried failed (decoder {dataset._decoder!r}){detail}")
+
+
+def kinetics_dataset(
+    *,
+    data_path: str | os.PathLike,
+    split: str,
+    space: ConfigSpace,
+    decoder: str = "pyav",
+    video_path_prefix: str = "",
+    clip_duration: float | None = None,
+    mean: Sequence[float] = (0.45, 0.45, 0.45),
+    std: Sequence[float] = (0.225, 0.225, 0.225),
+    min_short_side: int | None = None,
+    max_short_side: int | None = None,
+    temporal_clips: int = 1,
+    spatial_crops: int = 1,
+    horizontal_flip: bool = True,
+    rank: int = 0,
+    world_size: int = 1,
+    seed: int = 0,
+    shuffle: bool | None = None,
+    check_files: bool = True,
+) -> VideoDataset:
+    """A Kinetics-format dataset yielding the full configuration's clip of ``space``.
+
+    Args:
+        data_path: a CSV of ``<path> <label>`` lines, a folder holding ``<split>.csv``
+            (``test`` falls back to ``val.csv``), or a folder of class folders.
+        split: ``"train"`` (random clip, scale jitter, random crop, flip), ``"val"``
+            (centre clip, centre crop) or ``"test"`` (``temporal_clips`` clips spread over
+            the whole video x ``spatial_crops`` (1 or 3) crops; one sample per view).
+        space: the model's ConfigSpace; samples are ``(C, T_full, S, S)`` with
+            ``T_full = full().frames * (slowfast_alpha or 1)``, ``S = full().crop``.
+        decoder: ``"pyav"`` or ``"decord"`` (falls back to pyav with a warning if not
+            importable; anything else raises).
+        video_path_prefix: joined to relative CSV paths (default: the CSV's folder).
+        clip_duration: seconds per clip; ``None`` = the whole video (e.g. the synthetic
+            set). Required for ``split="test"`` with ``temporal_clips > 1``.
+        min_short_side, max_short_side: train scale jitter; default ``S*256/224`` to
+            ``S*320/224`` (Kinetics' 256-320 for 224 crops).
+        horizontal_flip: random flips in training (keep the classes flip-invariant).
+        rank, world_size: distributed shard (videos strided over ranks, no padding).
+        seed, shuffle: train order is a seeded permutation per epoch (``set_epoch``);
+            ``shuffle`` defaults to ``split == "train"``.
+        check_files: fail fast, naming the CSV line, if a listed video does not exist.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if not isinstance(space, ConfigSpace) or not space.is_video:
+        raise ValueError(f"space must be a video ConfigSpace, got {space!r}")
+    if split != "test" and (temporal_clips != 1 or spatial_crops != 1):
+        raise ValueError(f"temporal_clips/spatial_crops apply to split='test' only, got {temporal_clips}x"
+                         f"{spatial_crops} for split={split!r}")
+    if not isinstance(temporal_clips, int) or temporal_clips < 1:
+        raise ValueError(f"temporal_clips must be a positive int, got {temporal_clips!r}")
+    if clip_duration is not None and not clip_duration > 0:
+        raise ValueError(f"clip_duration must be positive seconds or None, got {clip_duration!r}")
+    if clip_duration is None and temporal_clips > 1:
+        raise ValueError("split='test' with temporal_clips > 1 needs clip_duration (seconds per clip)")
+    decoder = resolve_decoder(decoder)
+    csv_or_dir = _split_file(os.fspath(data_path), split)
+    entries = read_video_list(csv_or_dir, video_path_prefix=video_path_prefix, check_files=check_files)
+
+    full = space.full()
+    frames = full.frames * (space.slowfast_alpha or 1)
+    transform = VideoClipTransform(mode=split, frames=frames, crop=full.crop, mean=mean, std=std,
+                                   min_short_side=min_short_side, max_short_side=max_short_side,
+                                   spatial_crops=spatial_crops if split == "test" else 1,
+                                   horizontal_flip=horizontal_flip)
+    if clip_duration is None:
+        clip_sampler: ClipSampler = FullVideoClipSampler(spatial_crops if split == "test" else 1)
+    elif split == "train":
+        clip_sampler = RandomClipSampler(clip_duration)
+    else:
+        clip_sampler = ConstantClipsPerVideoSampler(clip_duration, temporal_clips, spatial_crops)
+    return VideoDataset(entries, clip_sampler=clip_sampler, transform=transform, decoder=decoder, rank=rank,
+                        world_size=world_size, shuffle=split == "train" if shuffle is None else shuffle, seed=seed,
+                        clips_per_video=temporal_clips * spatial_crops, data_path=csv_or_dir, num_frames=frames)
+
+
+class VideoLoader(torch.utils.data.DataLoader):
+    """A DataLoader that raises instead of running an empty epoch.
+
+    If a pass yields no batch although the dataset has videos and none of its clips
+    decoded during the pass (every video failed, in any worker), it raises naming the
+    data path and the failed files.
+    """
+
+    def __iter__(self) -> Iterator[Any]:
+        dataset = self.dataset
+        before = dataset.stats["decoded"] if isinstance(dataset, VideoDataset) else None
+        batches = 0
+        for batch in super().__iter__():
+            batches += 1
+            yield batch
+        if batches == 0 and before is not None and len(dataset) > 0:
+            stats = dataset.stats
+            if stats["decoded"] == before:
+                failed = stats["failed_paths"]
+                raise RuntimeError(f"no clip could be decoded from {dataset.data_path or 'the dataset'}: "
+                                   f"{len(failed)} failed videos, e.g. {failed[:3]}")
+
+
+def build_loader(dataset: torch.utils.data.Dataset, *, batch_size: int, num_workers: int = 0,
+                 pin_memory: bool = False, drop_last: bool = False, persistent_workers: bool = False,
+                 prefetch_factor: int | None = None, collate_fn: Callable | None = None) -> VideoLoader:
+    """A DataLoader over clip dicts: ``video`` stacked to ``(B, C, T, S, S)``, ``label`` etc.
+    to tensors, ``video_name`` to a list. Sharding over workers is done by the dataset."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if num_workers < 0:
+        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+    kwargs: dict[str, Any] = {}
+    if num_workers > 0:
+        kwargs["persistent_workers"] = persistent_workers
+        if prefetch_factor is not None:
+            kwargs["prefetch_factor"] = prefetch_factor
+    return VideoLoader(dataset, batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory,
+                       drop_last=drop_last, collate_fn=collate_fn, **kwargs)
