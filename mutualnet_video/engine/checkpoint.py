@@ -43,21 +43,21 @@ def _is_local(path: str) -> bool:
 def atomic_torch_save(obj: Any, path: str, *, path_manager=None) -> None:
     """``torch.save`` to ``path + '.tmp'``, then ``os.replace`` onto ``path``."""
     tmp = f"{path}.tmp"
-    if path_manager is None:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-    else:
-        with path_manager.open(tmp, "wb") as f:
-            torch.save(obj, f)
     try:
+        if path_manager is None:
+            with open(tmp, "wb") as f:
+                torch.save(obj, f)
+                f.flush()
+                os.fsync(f.fileno())
+        else:
+            with path_manager.open(tmp, "wb") as f:
+                torch.save(obj, f)
         if _is_local(path):
             os.replace(tmp, path)
         else:  # remote stores: the handler's move
             path_manager.mv(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
+        if _is_local(tmp) and os.path.exists(tmp):
             os.remove(tmp)
         raise
 

@@ -120,6 +120,7 @@ class _BatchStream:
         self.map_style = _is_map_style(dataset)
         self.epoch = 0
         self.batch_in_epoch = 0
+        self.epoch_rng: dict | None = None  # global RNG states when this epoch's iterator was made
         self._iter: Iterator | None = None
 
     # -- epoch layout -----------------------------------------------------------------
@@ -154,8 +155,13 @@ class _BatchStream:
             next(it)
         return it
 
-    def seek(self, epoch: int, batch_in_epoch: int) -> None:
+    def seek(self, epoch: int, batch_in_epoch: int, *, epoch_rng: dict | None = None) -> None:
+        """Position the stream. Replaying an iterable dataset needs the RNG states the
+        epoch started with (``epoch_rng`` from :meth:`state`): they are restored first."""
         self.epoch, self.batch_in_epoch = epoch, batch_in_epoch
+        if epoch_rng is not None and batch_in_epoch > 0:
+            restore_rng_state(epoch_rng)
+        self.epoch_rng = epoch_rng if batch_in_epoch > 0 and epoch_rng is not None else capture_rng_state()
         self._iter = self._loader(epoch, batch_in_epoch)
 
     def next(self) -> Any:
@@ -176,8 +182,8 @@ class _BatchStream:
             "drop_last): check data.train (paths, decoder) and the dataset size"
         )
 
-    def state(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch}
+    def state(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "epoch_rng": self.epoch_rng}
 
 
 class Trainer:
@@ -323,6 +329,7 @@ class Trainer:
         self.iteration = int(extra["iteration"])
         data = extra.get("data", {"epoch": 0, "batch_in_epoch": 0})
         self.stream.epoch, self.stream.batch_in_epoch = int(data["epoch"]), int(data["batch_in_epoch"])
+        self.stream.epoch_rng = data.get("epoch_rng")
         self._rng_to_restore = extra.get("rng")
         if self.is_main:
             logger.info("resumed from %s at iteration %d", path, self.iteration)
@@ -357,7 +364,7 @@ class Trainer:
             os.makedirs(self.output_dir, exist_ok=True)
             with open(os.path.join(self.output_dir, "config.yaml"), "w", encoding="utf-8") as f:
                 f.write(dump_config(self.cfg))
-        self.stream.seek(self.stream.epoch, self.stream.batch_in_epoch)
+        self.stream.seek(self.stream.epoch, self.stream.batch_in_epoch, epoch_rng=self.stream.epoch_rng)
         if self._rng_to_restore is not None:  # after re-positioning the data, as in the uninterrupted run
             restore_rng_state(self._rng_to_restore)
             self._rng_to_restore = None
