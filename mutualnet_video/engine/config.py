@@ -95,6 +95,7 @@ class Key:
     doc: str = ""
 
     def validate(self, value: Any, path: str) -> Any:
+        raw = value
         if float in self.types and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         ok = isinstance(value, self.types) and not (isinstance(value, bool) and bool not in self.types)
@@ -104,7 +105,7 @@ class Key:
         if value is not None and self.check is not None:
             problem = self.check(value)
             if problem:
-                raise ConfigError(f"{path}: {problem}, got {value!r}")
+                raise ConfigError(f"{path}: {problem}, got {raw!r}")
         return value
 
 
@@ -270,7 +271,9 @@ def _accepted_kwargs(fn: Callable) -> set[str] | None:
     """Keyword names ``fn`` accepts; None if it takes ``**kwargs`` it does not declare.
 
     A builder that forwards ``**kwargs`` can name the callable it forwards to in a
-    ``forwards_to`` attribute; its keywords are then accepted too.
+    ``forwards_to`` attribute, or name its var-keyword ``<callable>_kwargs`` where
+    ``<callable>`` is a global of its module (``**create_x3d_kwargs`` -> ``create_x3d``);
+    that callable's keywords are then accepted too.
     """
     try:
         sig = inspect.signature(fn)
@@ -280,9 +283,13 @@ def _accepted_kwargs(fn: Callable) -> set[str] | None:
         n for n, p in sig.parameters.items()
         if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
     }
-    if any(p.kind == inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values()):
+    var_kw = [p.name for p in sig.parameters.values() if p.kind == inspect.Parameter.VAR_KEYWORD]
+    if var_kw:
         inner = getattr(fn, "forwards_to", None)
-        if inner is None:
+        if inner is None and var_kw[0].endswith("_kwargs"):
+            # convention: ``**create_x3d_kwargs`` forwards to ``create_x3d`` in the builder's module
+            inner = getattr(fn, "__globals__", {}).get(var_kw[0][: -len("_kwargs")])
+        if not callable(inner):
             return None
         inner_names = _accepted_kwargs(inner)
         return None if inner_names is None else names | inner_names
@@ -330,11 +337,11 @@ def _build_value(value: Any, path: str) -> Any:
 def _merge(base: dict, child: Mapping) -> dict:
     out = copy.deepcopy(base)
     for key, value in child.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), dict) and "_target_" not in value:
-            out[key] = _merge(out[key], value)
-        elif isinstance(value, Mapping) and isinstance(out.get(key), dict) and value.get("_target_") == out[key].get("_target_"):
-            out[key] = _merge(out[key], value)
-        else:
+        base_node = out.get(key)
+        if (isinstance(value, Mapping) and isinstance(base_node, dict)
+                and value.get("_target_", base_node.get("_target_")) == base_node.get("_target_")):
+            out[key] = _merge(base_node, value)  # same (or no new) _target_: merge kwargs
+        else:  # a new _target_ replaces the whole node
             out[key] = copy.deepcopy(value)
     return out
 
@@ -389,16 +396,17 @@ def _apply_override(tree: dict, keys: list[str], value: Any) -> None:
     node[keys[-1]] = value
 
 
-def load_config(path: str, overrides: Sequence[str] = ()) -> dict:
+def load_config(path: str, overrides: Sequence[str] = (), *, resolve_targets: bool = True) -> dict:
     """Read ``path`` (following ``_base_``), apply ``key=value`` overrides, validate.
 
     Returns the full config tree (plain dicts) with schema defaults filled in. Raises
-    :class:`ConfigError` naming the first bad key.
+    :class:`ConfigError` naming the first bad key. ``resolve_targets=False`` skips
+    importing the ``_target_`` callables (and checking their kwargs).
     """
     tree = _read_tree(path)
     for keys, value in parse_overrides(overrides):
         _apply_override(tree, keys, value)
-    return validate_config(tree)
+    return validate_config(tree, resolve_targets=resolve_targets)
 
 
 def default_config(**sections: Any) -> dict:
@@ -422,16 +430,16 @@ def _plain(value: Any) -> Any:
 # --------------------------------------------------------------------------------------
 # Validation
 # --------------------------------------------------------------------------------------
-def validate_config(tree: Mapping[str, Any]) -> dict:
+def validate_config(tree: Mapping[str, Any], *, resolve_targets: bool = True) -> dict:
     """Check ``tree`` against :data:`SCHEMA`; return it with defaults filled in."""
     if not isinstance(tree, Mapping):
         raise ConfigError(f"config must be a mapping, got {type(tree).__name__}")
-    cfg = _validate_section(tree, SCHEMA, "")
+    cfg = _validate_section(tree, SCHEMA, "", resolve_targets)
     _cross_checks(cfg)
     return cfg
 
 
-def _validate_section(node: Mapping[str, Any], schema: Mapping[str, Any], prefix: str) -> dict:
+def _validate_section(node: Mapping[str, Any], schema: Mapping[str, Any], prefix: str, resolve: bool) -> dict:
     if not isinstance(node, Mapping):
         raise ConfigError(f"{prefix.rstrip('.')}: must be a mapping, got {node!r}")
     for key in node:
@@ -446,13 +454,13 @@ def _validate_section(node: Mapping[str, Any], schema: Mapping[str, Any], prefix
         if isinstance(spec, Key):
             out[key] = spec.validate(copy.deepcopy(value) if present else copy.deepcopy(spec.default), path)
         elif isinstance(spec, TargetNode):
-            out[key] = _validate_target_node(value, spec, path) if present else _validate_target_node(None, spec, path)
+            out[key] = _validate_target_node(value if present else None, spec, path, resolve)
         else:
-            out[key] = _validate_section(value if present and value is not None else {}, spec, f"{path}.")
+            out[key] = _validate_section(value if present and value is not None else {}, spec, f"{path}.", resolve)
     return out
 
 
-def _validate_target_node(node: Any, spec: TargetNode, path: str) -> dict | None:
+def _validate_target_node(node: Any, spec: TargetNode, path: str, resolve: bool = True) -> dict | None:
     if node is None:
         if spec.required or not spec.nullable:
             raise ConfigError(f"{path}: required (a mapping with a _target_ key)")
@@ -463,7 +471,8 @@ def _validate_target_node(node: Any, spec: TargetNode, path: str) -> dict | None
     target = node.get("_target_", spec.default_target)
     if target is None:
         raise ConfigError(f"{path}._target_: required")
-    fn = resolve_target(target, path=f"{path}._target_")
+    if not isinstance(target, str) or not re.fullmatch(r"[A-Za-z_][\w.]*", target):
+        raise ConfigError(f"{path}._target_: must be a dotted path like 'package.module.function', got {target!r}")
     for key, key_spec in spec.reserved.items():
         if key in node:
             node[key] = key_spec.validate(node[key], f"{path}.{key}")
@@ -475,13 +484,17 @@ def _validate_target_node(node: Any, spec: TargetNode, path: str) -> dict | None
     for key in kwargs:
         if key in spec.injected:
             raise ConfigError(f"{path}.{key}: set by the trainer, remove it from the config")
-    if path == "model":
-        _check_stock_builder(fn, target, kwargs)
-    _check_kwargs(fn, kwargs, path, target)
+    if path == "model" and target.startswith("pytorchvideo."):
+        _check_stock_builder(None, target, kwargs)
+    if resolve:
+        fn = resolve_target(target, path=f"{path}._target_")
+        if path == "model":
+            _check_stock_builder(fn, target, kwargs)
+        _check_kwargs(fn, kwargs, path, target)
     return node
 
 
-def _check_stock_builder(fn: Callable, target: str, kwargs: Sequence[str]) -> None:
+def _check_stock_builder(fn: Callable | None, target: str, kwargs: Sequence[str]) -> None:
     module = getattr(fn, "__module__", "") or ""
     if target.startswith("pytorchvideo.") or module.startswith("pytorchvideo."):
         name = getattr(fn, "__name__", target.rsplit(".", 1)[-1])
