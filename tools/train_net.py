@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
-import mutualnet_video  # noqa: F401  (compat aliases before pytorchvideo imports)
+try:
+    import mutualnet_video  # noqa: F401  (compat aliases before pytorchvideo imports)
+except ImportError:  # running from a source checkout without `pip install -e .`
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import mutualnet_video  # noqa: F401
 from mutualnet_video.engine import ConfigError, Trainer, final_evaluation, load_config
 
 

@@ -406,23 +406,33 @@ class Trainer:
                     avg["lr"], avg["loss_full"] = window[-1]["lr"], window[-1]["loss_full"]
                     self.writer.write(self.iteration, {f"train/{k}": v for k, v in avg.items()},
                                       losses=losses, epoch=self.stream.epoch)
+                    if self.is_main and not tcfg["progress"]:
+                        logger.info("iter %d/%d  loss_full %.4f  loss_distill %.4f  lr %.4g  clips/s %.2f  data %.3fs",
+                                    self.iteration, self.max_iters, avg["loss_full"], avg["loss_distill"], avg["lr"],
+                                    avg["clips_per_s"], avg["data_time"])
                     window.clear()
                 if self.iteration % tcfg["checkpoint_period"] == 0 and self.iteration < self.max_iters:
                     self.save_checkpoint(f"model_{self.iteration:07d}")
                 if tcfg["eval_period"] and self.iteration % tcfg["eval_period"] == 0 and self.val_dataset is not None:
-                    metrics = self.evaluate()
-                    self.writer.write(self.iteration, {f"val/{k}": v for k, v in metrics.items()})
+                    metrics = self._validate()
             if self.iteration >= self.max_iters:
                 self.save_checkpoint("model_final")
                 if self.val_dataset is not None and not (tcfg["eval_period"] and self.iteration % tcfg["eval_period"] == 0):
-                    metrics = self.evaluate()
-                    self.writer.write(self.iteration, {f"val/{k}": v for k, v in metrics.items()})
+                    metrics = self._validate()
         finally:
             progress.close()
             self.writer.close()
         return metrics
 
     # -- evaluation --------------------------------------------------------------------------
+    def _validate(self) -> dict[str, float]:
+        metrics = self.evaluate()
+        self.writer.write(self.iteration, {f"val/{k}": v for k, v in metrics.items()})
+        if self.is_main:
+            logger.info("iter %d  val (full config): top1 %.2f  top5 %.2f  (%d clips)",
+                        self.iteration, metrics["top1"], metrics["top5"], metrics["clips"])
+        return metrics
+
     def val_loader(self) -> DataLoader:
         dataset = self.val_dataset
         batch = self.cfg["data"]["val_batch_size"] or self.cfg["data"]["batch_size"]
