@@ -14,7 +14,7 @@ little beyond the sub-networks' own work) and ``mutual / full-only``.
 
     python benchmarks/train_step.py                       # slimmable X3D-XS if mutualnet_video.models exists
     python benchmarks/train_step.py --model toy           # the engine's tiny test network
-    python benchmarks/train_step.py --crops 112 96 80 --batch 2 --rounds 7
+    python benchmarks/train_step.py --crops 112 96 80 --batch 2 --rounds 7 --threads 0
 """
 
 from __future__ import annotations
@@ -75,7 +75,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch.set_num_threads (default 1: on a shared 2-core machine two OpenMP threads "
+                             "made timings swing 2-10x; 0 keeps torch's default)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

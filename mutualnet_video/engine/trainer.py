@@ -10,7 +10,10 @@ configurations are shared by the ranks). A checkpoint holds the model, optimizer
 LR scheduler (and GradScaler), the iteration, the data position (epoch, batch), the RNG
 states (torch, CUDA, numpy, python) and the sandwich sampler's generator; resuming an
 interrupted CPU run reproduces the uninterrupted run's weights exactly (map-style
-datasets are re-positioned by index; iterable datasets are replayed up to the position).
+datasets are re-positioned by index; iterable datasets are replayed up to the position
+from the RNG states their epoch started with). One caveat: a map-style dataset whose
+transforms draw random numbers inside DataLoader workers (``num_workers > 0``) sees its
+remaining batches on other workers after a mid-epoch resume, so its augmentations differ.
 """
 
 from __future__ import annotations
@@ -289,6 +292,8 @@ class Trainer:
         extra: dict[str, Any] = {}
         if _accepts(fn, "space") and self.space is not None:
             extra["space"] = self.space
+        if "seed" not in node and _accepts(fn, "seed"):  # e.g. kinetics_dataset's per-epoch shuffle
+            extra["seed"] = self.cfg["train"]["seed"]
         if _accepts(fn, "rank") and _accepts(fn, "world_size"):
             extra.update(rank=self.rank, world_size=self.world_size)
         elif self.world_size > 1:
