@@ -169,7 +169,8 @@ def test_train_net_cli_trains_resumes_and_reports_config_errors(tmp_path, capsys
     path = _write(tmp_path, BASE)
     assert train_net.main(["--config", path, "optim.lrr=1"]) == 2
     assert "optim.lrr: unknown key" in capsys.readouterr().err
-    assert train_net.main(["--config", path, "train.checkpoint_period=1"]) == 0
+    assert train_net.main(["--config", path, "train.checkpoint_period=1", "train.tensorboard=true"]) == 0
     out = tmp_path / "out"
     assert (out / "model_final.pth").exists() and (out / "metrics.jsonl").exists()
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(out / "tb"))
     assert train_net.main(["--config", path, "--resume", "optim.max_iters=2"]) == 0  # already done: no-op

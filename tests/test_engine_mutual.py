@@ -172,3 +172,20 @@ def test_sandwich_sampler_state_roundtrip():
     first = [c for c, _ in sampler(video)]
     sampler.load_state_dict(state)
     assert [c for c, _ in sampler(video)] == first
+
+
+def test_grad_scaler_path_matches_the_unscaled_step():
+    """The AMP bookkeeping (scale, unscale before clipping, scaler.step) gives the plain step's weights."""
+    video, labels = _batch()
+    results = []
+    for use_scaler in (False, True):
+        model = _model()
+        sub_inputs = SandwichSampler(get_space(model), generator=torch.Generator().manual_seed(4))(video)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10) if use_scaler else None
+        losses = mutual_step(model, sub_inputs, labels, criterion=nn.CrossEntropyLoss(), optimizer=optimizer,
+                             scaler=scaler, clip_grad_norm=0.5)
+        results.append((losses, [p.detach().clone() for p in model.parameters()]))
+    assert results[0][0] == pytest.approx(results[1][0])  # losses are reported unscaled
+    for a, b in zip(results[0][1], results[1][1]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
