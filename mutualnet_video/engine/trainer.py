@@ -248,7 +248,7 @@ class Trainer:
         self.optimizer = build_optimizer(model, ocfg)
         self.scheduler = build_lr_scheduler(self.optimizer, ocfg, self.max_iters)
         self.amp = tcfg["amp"] and self.device.type == "cuda"
-        if tcfg["amp"] and not self.amp:
+        if tcfg["amp"] and not self.amp and self.is_main:
             logger.info("train.amp ignored: AMP runs on CUDA only (device %s)", self.device)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp else None
 
