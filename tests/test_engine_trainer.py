@@ -165,6 +165,19 @@ def test_single_mode_trains_full_config_only(tmp_path):
     assert seen[:2] == [32, 32]  # two iterations, one forward each (then validation)
 
 
-def test_sync_bn_is_refused_for_slimmable_models(tmp_path):
-    with pytest.raises(ValueError, match="train.sync_bn"):
-        Trainer(_cfg(tmp_path, train={"sync_bn": True}))
+def test_sync_bn_converts_slim_layers_in_place_and_refuses_plain_bn_on_cpu(tmp_path):
+    from mutualnet_video.core import SlimBatchNorm3d
+    from mutualnet_video.engine.sync_bn import SlimSyncBatchNorm3d
+
+    plain = Trainer(_cfg(tmp_path / "a"))
+    synced = Trainer(_cfg(tmp_path / "b", train={"sync_bn": True}))
+    assert all(type(m) is SlimSyncBatchNorm3d for m in synced.model.modules() if isinstance(m, SlimBatchNorm3d))
+    assert synced.model.state_dict().keys() == plain.model.state_dict().keys()
+    x = torch.randn(2, 3, 4, 32, 32)
+    torch.testing.assert_close(synced.model(x), plain.model(x))  # one process: plain SlimBatchNorm
+    synced.train()
+
+    model = torch.nn.Sequential(torch.nn.Conv3d(3, 4, 1), torch.nn.BatchNorm3d(4), torch.nn.Flatten(),
+                                torch.nn.LazyLinear(5))
+    with pytest.raises(ValueError, match=r"train\.sync_bn: 1 plain BatchNorm layers \(e\.g\. 1\).*CUDA only"):
+        Trainer(_cfg(tmp_path / "c", train={"sync_bn": True}, mutual={"mode": "single"}), model=model)

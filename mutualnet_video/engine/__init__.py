@@ -9,6 +9,7 @@ from .checkpoint import MutualCheckpointer, load_pretrained
 from .config import ConfigError, build_model, instantiate, load_config
 from .mutual import SandwichSampler, SingleSampler, mutual_step
 from .optim import build_lr_scheduler, build_optimizer, lr_multiplier, param_groups
+from .sync_bn import convert_slim_sync_batchnorm
 from .trainer import Trainer, final_evaluation
 
 __all__ = [
@@ -27,4 +28,5 @@ __all__ = [
     "build_lr_scheduler",
     "lr_multiplier",
     "param_groups",
+    "convert_slim_sync_batchnorm",
 ]

@@ -213,7 +213,7 @@ SCHEMA: dict[str, Any] = {
     "train": {
         "seed": Key(_INT, 0, _ge(0)),
         "amp": Key(_BOOL, True, doc="autocast + GradScaler, CUDA only (ignored on the CPU)"),
-        "sync_bn": Key(_BOOL, False, doc="SyncBatchNorm; refused for slimmable models (see configs/README.md)"),
+        "sync_bn": Key(_BOOL, False, doc="synchronized BN over processes (SlimSyncBatchNorm, see configs/README.md)"),
         "log_period": Key(_INT, 10, _gt(0)),
         "checkpoint_period": Key(_INT, 1000, _gt(0)),
         "eval_period": Key(_INT, 0, _ge(0), "0: validate only at the end"),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -77,21 +76,21 @@ def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     return tensor.tolist()
 
 
-def check_sync_bn(model: nn.Module) -> Any:
-    """``train.sync_bn``: convert to ``SyncBatchNorm``, refusing slimmable BatchNorm.
+def check_sync_bn(model: nn.Module, device: torch.device | None = None) -> nn.Module:
+    """``train.sync_bn``: synchronize BatchNorm statistics over the processes.
 
-    ``nn.SyncBatchNorm.convert_sync_batchnorm`` replaces each BatchNorm by a fresh
-    ``nn.SyncBatchNorm``: a ``SlimBatchNorm`` would lose its slicing (it would fail at any
-    width below 1) and its per-configuration statistics. Slimmable models therefore train
-    with per-process batch statistics (the paper's setting); the statistics used at test
-    time are recomputed per configuration by BN calibration after training anyway.
+    Slimmable BatchNorm layers become :class:`~mutualnet_video.engine.sync_bn.SlimSyncBatchNorm`
+    (per-width slicing and per-config statistics kept; works with gloo and nccl). Plain
+    ``nn.BatchNorm`` layers become ``nn.SyncBatchNorm``, which PyTorch runs on CUDA only:
+    on another device they are refused, naming one.
     """
-    slim = [name for name, m in model.named_modules() if isinstance(m, SlimmableModule)
-            and isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if slim:
+    from .sync_bn import convert_slim_sync_batchnorm
+
+    plain = [name for name, m in model.named_modules()
+             if isinstance(m, nn.modules.batchnorm._BatchNorm) and not isinstance(m, SlimmableModule)]
+    if plain and device is not None and device.type != "cuda":
         raise ValueError(
-            f"train.sync_bn: not supported for slimmable models ({len(slim)} SlimBatchNorm layers, e.g. {slim[0]}): "
-            "SyncBatchNorm would drop the per-width slicing and per-config statistics. Set train.sync_bn=false; "
-            "per-config statistics are recalibrated after training (calibrate_bn)"
+            f"train.sync_bn: {len(plain)} plain BatchNorm layers (e.g. {plain[0]}) would become nn.SyncBatchNorm, "
+            f"which PyTorch supports on CUDA only (device {device}); set train.sync_bn=false"
         )
-    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return convert_slim_sync_batchnorm(model)

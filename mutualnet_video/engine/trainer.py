@@ -223,7 +223,7 @@ class Trainer:
             raise ConfigError("mutual.mode: 'mutual' needs a model with a ConfigSpace (attach_space / our builders)")
         model.to(self.device)
         if tcfg["sync_bn"]:
-            model = check_sync_bn(model)
+            model = check_sync_bn(model, self.device)
         self.model = model
         self.train_model: nn.Module = model
         if self.world_size > 1:
