@@ -181,3 +181,12 @@ def test_sync_bn_converts_slim_layers_in_place_and_refuses_plain_bn_on_cpu(tmp_p
                                 torch.nn.LazyLinear(5))
     with pytest.raises(ValueError, match=r"train\.sync_bn: 1 plain BatchNorm layers \(e\.g\. 1\).*CUDA only"):
         Trainer(_cfg(tmp_path / "c", train={"sync_bn": True}, mutual={"mode": "single"}), model=model)
+
+
+def test_cpu_threads_is_applied(tmp_path):
+    before = torch.get_num_threads()
+    try:
+        Trainer(_cfg(tmp_path, train={"cpu_threads": 1}))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -218,6 +218,9 @@ SCHEMA: dict[str, Any] = {
         "checkpoint_period": Key(_INT, 1000, _gt(0)),
         "eval_period": Key(_INT, 0, _ge(0), "0: validate only at the end"),
         "device": Key(_STR, "auto", _device),
+        "cpu_threads": Key(_OPT_INT, None, _gt(0),
+                           "torch.set_num_threads for this process (null: torch's default); 1 avoids "
+                           "oversubscription when several processes share few cores"),
         "resume": Key(_BOOL, False, doc="continue from output_dir/last_checkpoint if present"),
         "keep_checkpoints": Key(_INT, 3, _gt(0), "periodic checkpoints kept (model_final is always kept)"),
         "progress": Key(_BOOL, True, doc="tqdm progress bar on rank 0"),

@@ -208,6 +208,8 @@ class Trainer:
                  distill: Callable | None = None) -> None:
         self.cfg = cfg
         tcfg, ocfg = cfg["train"], cfg["optim"]
+        if tcfg.get("cpu_threads"):
+            torch.set_num_threads(tcfg["cpu_threads"])
         self.device = resolve_device(tcfg["device"])
         self._owns_process_group = init_distributed(self.device)
         self.rank, self.world_size = get_rank(), get_world_size()
