@@ -190,3 +190,14 @@ def test_cpu_threads_is_applied(tmp_path):
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_training_learns_the_toy_task(tmp_path):
+    trainer = Trainer(_cfg(tmp_path, data={"train": {"_target_": f"{TOY}.toy_clip_dataset", "num_videos": 40},
+                                           "val": {"_target_": f"{TOY}.toy_clip_dataset", "split": "val",
+                                                   "num_videos": 20},
+                                           "batch_size": 4},
+                           optim={"lr": 0.1, "max_iters": 40, "warmup_iters": 4}, train={"checkpoint_period": 100}))
+    before = trainer.evaluate()["top1"]
+    after = trainer.train()["top1"]
+    assert after >= before + 30, (before, after)  # 5 classes: 20% -> 60% in 40 iterations
