@@ -1,0 +1,143 @@
+#!/usr/bin/env python
+"""Cost of one MutualNet training iteration, measured side by side in one run.
+
+For one fixed sandwich (same configurations and inputs in every round) it times, per
+round and interleaved:
+
+* ``mutual``: ``mutual_step`` (zero_grad, n forward+backward passes, one optimizer step);
+* ``parts``: each sub-network's forward + loss + backward alone (teacher precomputed),
+  summed over the sub-networks;
+* ``full-only``: ``mutual_step`` with the full configuration only (single-network step).
+
+Reports medians and the ratios ``mutual / sum(parts)`` (goal <= 1.10: the engine adds
+little beyond the sub-networks' own work) and ``mutual / full-only``.
+
+    python benchmarks/train_step.py                       # slimmable X3D-XS if mutualnet_video.models exists
+    python benchmarks/train_step.py --model toy           # the engine's tiny test network
+    python benchmarks/train_step.py --crops 112 96 80 --batch 2 --rounds 7 --threads 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import platform
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+try:
+    import mutualnet_video  # noqa: F401  (compat aliases before pytorchvideo imports)
+except ImportError:  # running from a source checkout without `pip install -e .`
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import mutualnet_video  # noqa: F401
+from mutualnet_video.core import distillation_loss, get_space, use_config
+from mutualnet_video.engine import SandwichSampler, mutual_step
+
+
+def build(args):
+    if args.model != "toy":
+        try:
+            from mutualnet_video.models import create_slimmable_x3d
+        except ImportError:
+            if args.model == "x3d_xs":
+                raise
+            print("mutualnet_video.models not importable: falling back to the engine's toy network")
+        else:
+            model = create_slimmable_x3d(
+                input_clip_length=args.frames[0], input_crop_size=args.crops[0], model_num_class=400,
+                width_range=(0.5, 1.0), frames=args.frames, crops=args.crops, num_subnets=args.num_subnets,
+            )
+            return model, "slimmable X3D-XS (mutualnet_video.models.create_slimmable_x3d), 400 classes"
+    from mutualnet_video.engine.toy import create_toy_slimnet
+
+    model = create_toy_slimnet(channels=32, model_num_class=400, frames=args.frames, crops=args.crops,
+                               num_subnets=args.num_subnets)
+    return model, "toy slimmable net (mutualnet_video.engine.toy, 3 conv layers), 400 classes"
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=["auto", "x3d_xs", "toy"], default="auto")
+    parser.add_argument("--frames", type=int, nargs="+", default=[4, 3, 2])
+    parser.add_argument("--crops", type=int, nargs="+", default=[160, 128, 112])
+    parser.add_argument("--num-subnets", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch.set_num_threads (default 1: on a shared 2-core machine two OpenMP threads "
+                             "made timings swing 2-10x; 0 keeps torch's default)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model, desc = build(args)
+    model.train()
+    space = get_space(model)
+    full = space.full()
+    video = torch.randn(args.batch, 3, full.frames, full.crop, full.crop)
+    labels = torch.randint(0, 400, (args.batch,))
+    sub_inputs = SandwichSampler(space, generator=torch.Generator().manual_seed(1))(video)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, nesterov=True)
+    ref = copy.deepcopy(model)  # parts run on a copy so the optimizer's updates do not matter
+    with torch.no_grad(), use_config(ref, full):
+        teacher = ref(sub_inputs[0][1])
+
+    def run_mutual():
+        mutual_step(model, sub_inputs, labels, criterion=F.cross_entropy, optimizer=optimizer)
+
+    def run_full_only():
+        mutual_step(model, sub_inputs[:1], labels, criterion=F.cross_entropy, optimizer=optimizer)
+
+    def part(i):
+        cfg, x = sub_inputs[i]
+
+        def run():
+            ref.zero_grad(set_to_none=True)
+            with use_config(ref, cfg):
+                out = ref(x)
+                loss = F.cross_entropy(out, labels) if i == 0 else distillation_loss(out, teacher)
+                loss.backward()
+        return run
+
+    parts = [part(i) for i in range(len(sub_inputs))]
+    for _ in range(args.warmup):
+        run_mutual()
+        run_full_only()
+        for p in parts:
+            p()
+    t_mutual, t_full, t_parts = [], [], [[] for _ in parts]
+    for _ in range(args.rounds):
+        t_mutual.append(timed(run_mutual))
+        for i, p in enumerate(parts):
+            t_parts[i].append(timed(p))
+        t_full.append(timed(run_full_only))
+    med = statistics.median
+    m_parts = [med(t) for t in t_parts]
+    sum_parts = sum(m_parts)
+    print(f"model: {desc}")
+    print(f"machine: {platform.machine()} {platform.processor() or ''}, torch {torch.__version__}, "
+          f"threads {torch.get_num_threads()}{' (set)' if args.threads else ''}, batch {args.batch}, "
+          f"{args.rounds} rounds (+{args.warmup} warm-up), medians")
+    for (cfg, _), t in zip(sub_inputs, m_parts):
+        print(f"  part {cfg.tag:<16} fwd+bwd {t * 1e3:9.1f} ms")
+    print(f"  sum of parts              {sum_parts * 1e3:9.1f} ms")
+    print(f"  mutual_step               {med(t_mutual) * 1e3:9.1f} ms")
+    print(f"  full-only step            {med(t_full) * 1e3:9.1f} ms")
+    print(f"ratio mutual / sum(parts) = {med(t_mutual) / sum_parts:.3f}  (goal <= 1.10)")
+    print(f"ratio mutual / full-only  = {med(t_mutual) / med(t_full):.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""Training logs: a JSON-lines metrics file and TensorBoard scalars (rank 0 only)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["MetricsWriter", "topk_correct"]
+
+
+class MetricsWriter:
+    """Appends ``{"iteration": i, ...}`` lines to ``<output_dir>/metrics.jsonl`` and
+    writes the same scalars to TensorBoard (``<output_dir>/tb``) if ``tensorboard``."""
+
+    def __init__(self, output_dir: str, *, tensorboard: bool = True, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.path = os.path.join(output_dir, "metrics.jsonl")
+        self._tb = None
+        if not enabled:
+            return
+        os.makedirs(output_dir, exist_ok=True)
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(log_dir=os.path.join(output_dir, "tb"))
+
+    def write(self, iteration: int, scalars: Mapping[str, Any], **extra: Any) -> None:
+        if not self.enabled:
+            return
+        record = {"iteration": iteration, **{k: _jsonable(v) for k, v in scalars.items()}, **extra}
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        if self._tb is not None:
+            for key, value in scalars.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self._tb.add_scalar(key, value, iteration)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.flush()
+            self._tb.close()
+            self._tb = None
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+def topk_correct(logits, targets, ks: tuple[int, ...] = (1, 5)) -> list[int]:
+    """Number of samples whose target is among the top-k logits, for each k (capped at classes)."""
+    maxk = min(max(ks), logits.shape[-1])
+    top = logits.topk(maxk, dim=-1).indices
+    hits = top.eq(targets.view(-1, 1))
+    return [int(hits[:, : min(k, maxk)].any(dim=-1).sum()) for k in ks]

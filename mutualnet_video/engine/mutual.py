@@ -1,0 +1,182 @@
+"""One MutualNet training iteration: the sandwich rule with in-place distillation.
+
+Per iteration (REFERENCE.md, section 1):
+
+1. the full configuration runs first: ``criterion(logits, targets)``, ``backward()`` at
+   once; its logits, detached, are the teacher;
+2. every other configuration: ``distill(student_logits, teacher)``, ``backward()`` after
+   each (so only one sub-network graph is alive at a time);
+3. one optimizer step for the summed gradients.
+
+The step is generic over the task: ``criterion`` and ``distill`` are callables, so 2D
+classification, detection or segmentation heads reuse it. The per-configuration inputs
+come from a *sampler* ``sampler(video_batch) -> [(cfg, model_input), ...]`` (full
+configuration first), e.g. :class:`SandwichSampler` or the data pipeline's
+``MutualClipSampler``: every input is built from the same decoded clip.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..core import ConfigSpace, SubnetConfig, clip_for_config, distillation_loss, use_config
+
+__all__ = ["mutual_step", "SandwichSampler", "SingleSampler", "ModelInput", "SubInputs"]
+
+ModelInput = torch.Tensor | list[torch.Tensor]
+SubInputs = Sequence[tuple[SubnetConfig | None, ModelInput]]
+
+
+def _config_name(cfg: SubnetConfig | None) -> str:
+    return "model" if cfg is None else cfg.tag
+
+
+def _check_finite(loss: torch.Tensor, cfg: SubnetConfig | None, index: int, iteration: int | None) -> float:
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        where = "" if iteration is None else f" at iteration {iteration}"
+        role = "full configuration" if index == 0 else f"sub-network {index}"
+        raise FloatingPointError(
+            f"non-finite loss {value} for {role} {_config_name(cfg)} {'' if cfg is None else cfg}{where}; "
+            "the optimizer step was not taken"
+        )
+    return value
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def mutual_step(
+    model: nn.Module,
+    sub_inputs: SubInputs,
+    targets: Any,
+    *,
+    criterion: Callable[[Any, Any], torch.Tensor],
+    distill: Callable[..., torch.Tensor] = distillation_loss,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None = None,
+    clip_grad_norm: float | None = None,
+    temperature: float = 1.0,
+    amp: bool = False,
+    iteration: int | None = None,
+) -> dict[str, float]:
+    """Run one sandwich-rule iteration and take ONE optimizer step.
+
+    Args:
+        model: a slimmable model (or its DDP wrapper). With DDP, gradients are
+            accumulated locally (``no_sync``) and all-reduced on the last backward only.
+        sub_inputs: ``[(cfg, input), ...]``, the full configuration first. ``cfg=None``
+            runs the model as it is (no switching): a single ``[(None, x)]`` is plain
+            training of one network ("single-network mode").
+        targets: labels handed to ``criterion`` with the full configuration's output.
+        criterion: ``criterion(output, targets) -> scalar`` for the full configuration.
+        distill: ``distill(student_output, teacher_output, temperature=T) -> scalar``
+            for every other configuration; the teacher is already detached.
+        optimizer: stepped once, after all backward passes.
+        scaler: a CUDA ``GradScaler`` (AMP); ``None`` on the CPU.
+        clip_grad_norm: clip the summed gradients to this total norm (after unscaling).
+        temperature: distillation temperature (1 in the paper).
+        amp: run the forwards under ``torch.autocast`` (only effective on CUDA inputs).
+        iteration: used in error messages only.
+
+    Returns:
+        ``{cfg.tag: loss}`` in execution order (repeated tags get a ``#k`` suffix); the
+        full configuration's loss is the first entry.
+
+    Raises:
+        FloatingPointError: a loss (or, with clipping, the gradient norm) is NaN/inf. The
+            optimizer step is not taken, so the weights stay the last good ones.
+    """
+    if not sub_inputs:
+        raise ValueError("sub_inputs is empty: the sampler must return at least the full configuration")
+    optimizer.zero_grad(set_to_none=True)
+    first_input = sub_inputs[0][1]
+    device_type = (first_input[0] if isinstance(first_input, (list, tuple)) else first_input).device.type
+    use_amp = amp and device_type == "cuda"
+    is_ddp = isinstance(model, nn.parallel.DistributedDataParallel)
+    switch_target = _unwrap(model)
+
+    losses: dict[str, float] = {}
+    teacher = None
+    last = len(sub_inputs) - 1
+    for index, (cfg, inputs) in enumerate(sub_inputs):
+        sync = contextlib.nullcontext() if (not is_ddp or index == last) else model.no_sync()
+        switch = contextlib.nullcontext() if cfg is None else use_config(switch_target, cfg)
+        with sync, switch:
+            with torch.autocast(device_type=device_type, enabled=use_amp):
+                output = model(inputs)
+                if index == 0:
+                    loss = criterion(output, targets)
+                else:
+                    loss = distill(output, teacher, temperature=temperature)
+            value = _check_finite(loss, cfg, index, iteration)
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+        if index == 0:
+            teacher = output.detach()
+        del output, loss
+        key = _config_name(cfg)
+        suffix = 2
+        while key in losses:
+            key = f"{_config_name(cfg)}#{suffix}"
+            suffix += 1
+        losses[key] = value
+
+    if clip_grad_norm is not None:
+        if scaler is not None:
+            scaler.unscale_(optimizer)
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        norm = float(torch.nn.utils.clip_grad_norm_(params, clip_grad_norm))
+        if not math.isfinite(norm) and scaler is None:
+            where = "" if iteration is None else f" at iteration {iteration}"
+            raise FloatingPointError(f"non-finite gradient norm {norm}{where}; the optimizer step was not taken")
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    return losses
+
+
+class SandwichSampler:
+    """Default sampler: ``space.sandwich(generator)`` + :func:`clip_for_config`.
+
+    ``sampler(video_batch) -> [(cfg, input), ...]``, the full configuration first; every
+    input is cut from the same ``(N, C, T, H, W)`` clip batch. The generator's state is
+    part of the checkpoint (``state_dict`` / ``load_state_dict``).
+    """
+
+    def __init__(self, space: ConfigSpace, *, generator: torch.Generator | None = None) -> None:
+        self.space = space
+        self.generator = generator if generator is not None else torch.Generator()
+
+    def __call__(self, video_batch: torch.Tensor) -> list[tuple[SubnetConfig, ModelInput]]:
+        return [
+            (cfg, clip_for_config(video_batch, cfg, slowfast_alpha=self.space.slowfast_alpha))
+            for cfg in self.space.sandwich(self.generator)
+        ]
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.generator.set_state(state["generator"])
+
+
+class SingleSampler:
+    """Single-network mode: only the full configuration (or the model as is without a space)."""
+
+    def __init__(self, space: ConfigSpace | None = None) -> None:
+        self.space = space
+
+    def __call__(self, video_batch: torch.Tensor) -> list[tuple[SubnetConfig | None, ModelInput]]:
+        if self.space is None:
+            return [(None, video_batch)]
+        cfg = self.space.full()
+        return [(cfg, clip_for_config(video_batch, cfg, slowfast_alpha=self.space.slowfast_alpha))]

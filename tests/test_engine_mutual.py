@@ -1,0 +1,191 @@
+"""mutual_step follows the sandwich rule with in-place distillation (REFERENCE.md section 1)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import mutualnet_video  # noqa: F401
+from mutualnet_video.core import SubnetConfig, current_config, distillation_loss, get_space, use_config
+from mutualnet_video.engine import SandwichSampler, SingleSampler, mutual_step
+from mutualnet_video.engine.toy import create_toy_slimnet
+
+
+def _model(seed: int = 0, num_subnets: int = 4):
+    torch.manual_seed(seed)
+    return create_toy_slimnet(channels=16, model_num_class=5, width_range=(0.5, 1.0), frames=(4, 2),
+                              crops=(32, 24), num_subnets=num_subnets)
+
+
+def _batch(seed: int = 1):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(2, 3, 4, 32, 32, generator=gen), torch.tensor([1, 3])
+
+
+class _CountingOptimizer(torch.optim.SGD):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.steps = 0
+        self.grads_at_step: list[torch.Tensor] = []
+
+    def step(self, closure=None):
+        self.steps += 1
+        self.grads_at_step = [p.grad.detach().clone() for g in self.param_groups for p in g["params"]]
+        return super().step(closure)
+
+
+def test_sandwich_order_teacher_detached_and_one_step():
+    model = _model()
+    space = get_space(model)
+    video, labels = _batch()
+    sampler = SandwichSampler(space, generator=torch.Generator().manual_seed(3))
+    sub_inputs = sampler(video)
+    assert len(sub_inputs) == 4
+    assert sub_inputs[0][0] == space.full()
+    assert sub_inputs[1][0].width == space.width_range[0]
+
+    seen: list[SubnetConfig] = []
+    model.register_forward_pre_hook(lambda m, args: seen.append(current_config(m)))
+    teachers, criterion_calls = [], []
+
+    def criterion(logits, targets):
+        criterion_calls.append(current_config(model))
+        return F.cross_entropy(logits, targets)
+
+    def distill(student, teacher, *, temperature):
+        teachers.append((teacher.requires_grad, teacher.grad_fn, temperature, current_config(model)))
+        return distillation_loss(student, teacher, temperature=temperature)
+
+    optimizer = _CountingOptimizer(model.parameters(), lr=0.1)
+    losses = mutual_step(model, sub_inputs, labels, criterion=criterion, distill=distill, optimizer=optimizer,
+                         temperature=2.0)
+    assert seen == [cfg for cfg, _ in sub_inputs]  # one forward per config, full first
+    assert criterion_calls == [space.full()]
+    assert [t[3] for t in teachers] == [cfg for cfg, _ in sub_inputs[1:]]
+    assert all(req is False and fn is None and temp == 2.0 for req, fn, temp, _ in teachers)
+    assert optimizer.steps == 1
+    assert list(losses)[0] == space.full().tag and len(losses) == 4
+    assert current_config(model) is None  # restored after the step
+
+
+def test_gradients_are_the_sum_over_subnetworks():
+    model = _model()
+    video, labels = _batch()
+    sub_inputs = SandwichSampler(get_space(model), generator=torch.Generator().manual_seed(5))(video)
+    reference = copy.deepcopy(model)
+
+    optimizer = _CountingOptimizer(model.parameters(), lr=0.1)
+    mutual_step(model, sub_inputs, labels, criterion=nn.CrossEntropyLoss(), optimizer=optimizer)
+
+    # Manual: each configuration's gradient on its own, then summed.
+    params = list(reference.parameters())
+    with use_config(reference, sub_inputs[0][0]):
+        teacher_logits = reference(sub_inputs[0][1])
+    per_config = [torch.autograd.grad(F.cross_entropy(teacher_logits, labels), params)]
+    teacher = teacher_logits.detach()
+    for cfg, x in sub_inputs[1:]:
+        with use_config(reference, cfg):
+            loss = distillation_loss(reference(x), teacher)
+        per_config.append(torch.autograd.grad(loss, params, allow_unused=True))
+    summed = [sum(g[i] if g[i] is not None else torch.zeros_like(p) for g in per_config) for i, p in enumerate(params)]
+    for got, want in zip(optimizer.grads_at_step, summed):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+    # the sub-networks contribute: the summed gradient differs from the full network's alone
+    conv = 0  # first conv weight
+    assert not torch.allclose(summed[conv], per_config[0][conv])
+    assert all(g[conv].abs().sum() > 0 for g in per_config)
+    # and one SGD step with that gradient gives the same weights
+    for p_ref, g, p in zip(params, summed, model.parameters()):
+        torch.testing.assert_close(p, p_ref.detach() - 0.1 * g, rtol=1e-5, atol=1e-7)
+
+
+def test_single_network_mode_is_plain_training():
+    torch.manual_seed(0)
+    plain = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 8 * 8, 5))
+    reference = copy.deepcopy(plain)
+    x, y = torch.randn(2, 3, 4, 8, 8), torch.tensor([0, 4])
+    optimizer = torch.optim.SGD(plain.parameters(), lr=0.5)
+    losses = mutual_step(plain, SingleSampler(None)(x), y, criterion=nn.CrossEntropyLoss(), optimizer=optimizer)
+    assert list(losses) == ["model"]
+    ref_opt = torch.optim.SGD(reference.parameters(), lr=0.5)
+    loss = F.cross_entropy(reference(x), y)
+    loss.backward()
+    ref_opt.step()
+    assert losses["model"] == pytest.approx(float(loss.detach()))
+    for a, b in zip(plain.parameters(), reference.parameters()):
+        torch.testing.assert_close(a, b)
+
+
+def test_single_sampler_uses_full_config_only():
+    model = _model()
+    video, _ = _batch()
+    sub = SingleSampler(get_space(model))(video[:, :, :, :24, :24])
+    assert [c for c, _ in sub] == [get_space(model).full()]
+    assert sub[0][1].shape[-1] == 32
+
+
+@pytest.mark.parametrize("bad_index", [0, 2])
+def test_non_finite_loss_raises_and_skips_the_step(bad_index):
+    model = _model()
+    before = copy.deepcopy(model.state_dict())
+    video, labels = _batch()
+    sub_inputs = SandwichSampler(get_space(model), generator=torch.Generator().manual_seed(1))(video)
+    calls = {"n": 0}
+
+    def criterion(logits, targets):
+        loss = F.cross_entropy(logits, targets)
+        return loss * float("nan") if bad_index == 0 else loss
+
+    def distill(student, teacher, *, temperature):
+        calls["n"] += 1
+        loss = distillation_loss(student, teacher)
+        return loss * float("inf") if calls["n"] == bad_index else loss
+
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    with pytest.raises(FloatingPointError, match=rf"{sub_inputs[bad_index][0].tag}.*iteration 17"):
+        mutual_step(model, sub_inputs, labels, criterion=criterion, distill=distill, optimizer=optimizer,
+                    iteration=17)
+    for key, value in model.state_dict().items():
+        if key.endswith("weight") or key.endswith("bias"):
+            torch.testing.assert_close(value, before[key], rtol=0, atol=0)
+
+
+def test_clip_grad_norm_bounds_the_step():
+    model = _model()
+    video, labels = _batch()
+    sub_inputs = SandwichSampler(get_space(model), generator=torch.Generator().manual_seed(2))(video)
+    optimizer = _CountingOptimizer(model.parameters(), lr=0.1)
+    mutual_step(model, sub_inputs, labels, criterion=nn.CrossEntropyLoss(), optimizer=optimizer, clip_grad_norm=1e-3)
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in optimizer.grads_at_step]))
+    assert float(norm) <= 1e-3 * (1 + 1e-4)
+
+
+def test_sandwich_sampler_state_roundtrip():
+    model = _model()
+    sampler = SandwichSampler(get_space(model), generator=torch.Generator().manual_seed(9))
+    video, _ = _batch()
+    state = sampler.state_dict()
+    first = [c for c, _ in sampler(video)]
+    sampler.load_state_dict(state)
+    assert [c for c, _ in sampler(video)] == first
+
+
+def test_grad_scaler_path_matches_the_unscaled_step():
+    """The AMP bookkeeping (scale, unscale before clipping, scaler.step) gives the plain step's weights."""
+    video, labels = _batch()
+    results = []
+    for use_scaler in (False, True):
+        model = _model()
+        sub_inputs = SandwichSampler(get_space(model), generator=torch.Generator().manual_seed(4))(video)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10) if use_scaler else None
+        losses = mutual_step(model, sub_inputs, labels, criterion=nn.CrossEntropyLoss(), optimizer=optimizer,
+                             scaler=scaler, clip_grad_norm=0.5)
+        results.append((losses, [p.detach().clone() for p in model.parameters()]))
+    assert results[0][0] == pytest.approx(results[1][0])  # losses are reported unscaled
+    for a, b in zip(results[0][1], results[1][1]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
