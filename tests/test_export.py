@@ -284,11 +284,21 @@ def _export_check(model, configs):
                 torch.testing.assert_close(static(_copy(x)), _reference(model, cfg, x), rtol=1e-4, atol=1e-4)
 
 
-def test_export_real_x3d():
+def test_export_real_x3d(tmp_path):
     create = _real("create_slimmable_x3d")
     model = create(input_clip_length=4, input_crop_size=64, model_num_class=5, depth_factor=1.0,
                    head_activation=None, width_range=(0.5, 1.0), frames=(4, 2), crops=(64, 48))
     _export_check(model, [SubnetConfig(1.0, 4, 64), SubnetConfig(0.5, 2, 48)])
+    # PyTorchVideo's Swish is a Python autograd Function: exported as nn.SiLU so TorchScript can save it
+    cfg = SubnetConfig(0.5, 2, 48)
+    static = export_subnet(model, cfg)
+    assert not any(type(m).__name__ == "Swish" for m in static.modules())
+    assert any(isinstance(m, nn.SiLU) for m in static.modules())
+    x = example_inputs(model, cfg, seed=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        loaded = torch.jit.load(str(export_torchscript(static, x, tmp_path / "x3d.pt")))
+    torch.testing.assert_close(loaded(x), _reference(model, cfg, x), rtol=1e-5, atol=1e-5)
 
 
 def test_export_real_slowfast():
