@@ -55,6 +55,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         cfg = load_config(args.config, args.opts)
+        if cfg["train"]["cpu_threads"] is not None:  # same process setting as training (configs/README.md)
+            import torch
+
+            torch.set_num_threads(cfg["train"]["cpu_threads"])
         result = run_test(
             cfg, checkpoint=args.checkpoint, calibrate=args.calibrate, widths=args.widths, frames=args.frames,
             crops=args.crops, views=args.views, output_dir=args.output, device=args.device,
