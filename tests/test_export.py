@@ -309,29 +309,30 @@ def test_export_real_slowfast():
 
 
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
-def test_export_net_cli_with_stand_ins(tmp_path, monkeypatch, capsys, fmt):
-    """tools/export_net.py against a stand-in of the planned engine config API."""
+def test_export_net_cli(tmp_path, capsys, fmt):
+    """tools/export_net.py on the real instant config (tiny X3D) and a calibrated Trainer-style checkpoint."""
     import importlib.util
-    import sys
-    import types
     from pathlib import Path
 
+    from mutualnet_video.engine.config import build_model, load_config
     from mutualnet_video.evaluation.runner import save_weights
 
-    model = _calibrated(toy_x3d)
-    config = types.ModuleType("mutualnet_video.engine.config")
-    config.load_config = lambda path, overrides: {}
-    config.build_model = lambda cfg: toy_x3d(seed=5)
-    monkeypatch.setitem(sys.modules, "mutualnet_video.engine.config", config)
-    ckpt = save_weights({"model": model.state_dict()}, tmp_path / "m.pth")
-    spec = importlib.util.spec_from_file_location("export_net", Path(__file__).parents[1] / "tools" / "export_net.py")
+    root = Path(__file__).parents[1]
+    args = ["--config", str(root / "configs" / "instant" / "x3d_synthetic.yaml")]
+    opts = ["model.depth_factor=0.25"]
+    model = build_model(load_config(args[1], opts))
+    cfg = SubnetConfig(0.5, 2, 32)
+    calibrate_bn(model, [torch.randn(2, 3, 4, 48, 48, generator=torch.Generator().manual_seed(3))], [cfg],
+                 num_batches=1)
+    ckpt = save_weights({"model": model.state_dict(), "iteration": 3}, tmp_path / "model_final.pth")
+    spec = importlib.util.spec_from_file_location("export_net", root / "tools" / "export_net.py")
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
     out = tmp_path / f"sub.{fmt}"
-    assert tool.main(["--config", "x.yaml", "--checkpoint", str(ckpt), "--width", "0.5", "--frames", "2",
-                      "--crop", "24", "--format", fmt, "--output", str(out), "--fold-bn"]) == 0
-    assert "BN folded: 4" in capsys.readouterr().out and out.stat().st_size > 1000
-    x = example_inputs(model, SubnetConfig(0.5, 2, 24), seed=4)
+    args += ["--checkpoint", str(ckpt), "--width", "0.5", "--frames", "2", "--format", fmt, "--output", str(out)]
+    assert tool.main([*args, "--crop", "32", "--fold-bn", *opts]) == 0
+    assert "BN folded:" in capsys.readouterr().out and out.stat().st_size > 1000
+    x = example_inputs(model, cfg, seed=4)
     if fmt == "torchscript":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
@@ -339,10 +340,11 @@ def test_export_net_cli_with_stand_ins(tmp_path, monkeypatch, capsys, fmt):
     else:
         ort = pytest.importorskip("onnxruntime")
         got = torch.from_numpy(ort.InferenceSession(str(out)).run(None, {"input": x.numpy()})[0])
-    torch.testing.assert_close(got, _reference(model, SubnetConfig(0.5, 2, 24), x), rtol=1e-4, atol=1e-4)
-    with pytest.raises(ValueError, match="crop=40"):
-        tool.main(["--config", "x.yaml", "--checkpoint", str(ckpt), "--width", "0.5", "--frames", "2",
-                   "--crop", "40", "--format", fmt, "--output", str(out)])
+    torch.testing.assert_close(got, _reference(model, cfg, x), rtol=1e-4, atol=1e-4)
+    assert tool.main([*args, "--crop", "40", *opts]) == 2
+    assert "crop=40" in capsys.readouterr().err
+    assert tool.main([*args, "--crop", "32"]) == 2  # the default depth: a checkpoint of another shape
+    assert "does not match the model" in capsys.readouterr().err
 
 
 def test_export_2d_network():
