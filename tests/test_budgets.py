@@ -276,10 +276,11 @@ def test_run_test_real_config_data_and_three_crops(tmp_path):
     make_synthetic_kinetics(data, num_classes=2, train_per_class=1, val_per_class=1, frames=8, size=(32, 48))
     config = Path(__file__).parents[1] / "configs" / "instant" / "x3d_synthetic.yaml"
     cfg = load_config(str(config), [f"data.train.data_path={data}", f"data.val.data_path={data}", "data.batch_size=2",
-                                    "model.depth_factor=0.25", "model.model_num_class=2", "eval.calib_batches=1",
+                                    "model.input_clip_length=4", "model.input_crop_size=32", "model.frames=[4,2]",
+                                    "model.crops=[32,24]", "model.depth_factor=0.25", "model.model_num_class=2", "eval.calib_batches=1",
                                     "eval.views=[1x1,1x3]", "eval.widths=[0.5]", "eval.frames=[2]"])
     model, space, _ = load_model(cfg, save_weights(build_state(cfg), tmp_path / "m.pth"))
-    with pytest.raises(NotCalibratedError, match=r"w0500_f2_c48.*--calibrate"):
+    with pytest.raises(NotCalibratedError, match=r"w0500_f2_c32.*--calibrate"):
         run_test(cfg, checkpoint=tmp_path / "m.pth", progress=False)
     result = run_test(cfg, checkpoint=tmp_path / "m.pth", calibrate=True, progress=False)
     assert result.calibrated_checkpoint == tmp_path / "m_calibrated.pth"

@@ -26,6 +26,9 @@ from mutualnet_video.export import example_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "instant" / "x3d_synthetic.yaml"
+# the model is pinned here (not read from the instant config, which may change)
+MODEL = ["model.input_clip_length=4", "model.input_crop_size=32", "model.frames=[4,2]", "model.crops=[32,24]",
+         "model.depth_factor=0.25"]
 WIDTHS, FRAMES, CROP = (1.0, 0.5), (4, 2), 32
 VIEWS = ("1x1", "2x1")
 
@@ -56,8 +59,8 @@ def run(tmp_path_factory):
     overrides = [
         f"data.synthetic.root={data}", f"data.train.data_path={data}", f"data.val.data_path={data}",
         "data.synthetic.train_per_class=2", "data.synthetic.val_per_class=1", "data.synthetic.frames=16",
-        "data.synthetic.size=[48,64]", "data.synthetic.fps=8", "data.batch_size=4",
-        "model.depth_factor=0.25", "optim.max_iters=3", "optim.warmup_iters=1", "train.checkpoint_period=100",
+        "data.synthetic.size=[32,48]", "data.synthetic.fps=8", "data.batch_size=4",
+        *MODEL, "optim.max_iters=3", "optim.warmup_iters=1", "train.checkpoint_period=100",
         "train.eval_period=0", "train.progress=false", "train.tensorboard=false", "eval.calib_batches=2",
         f"output_dir={out}",
     ]
@@ -82,7 +85,7 @@ def test_training_checkpoint_is_a_trainer_checkpoint_with_final_table(run):
     assert {"model", "optimizer", "scheduler", "iteration"} <= set(payload) and payload["iteration"] == 3
     final = [json.loads(line) for line in open(run["out"] / "metrics.jsonl") if '"final/' in line]
     tags = {k.split("/")[1] for r in final for k in r if k.startswith("final/")}
-    assert tags == {"w1000_f4_c48", "w0750_f4_c48", "w0500_f2_c32"}  # full, middle, smallest
+    assert tags == {"w1000_f4_c32", "w0750_f4_c32", "w0500_f2_c24"}  # full, middle, smallest
 
 
 def test_test_net_writes_the_budget_table(run, calibrated, capsys):
@@ -119,12 +122,13 @@ def test_checkpoint_formats_and_errors(run, calibrated, capsys):
     for ckpt in (calibrated, run["tmp"] / "plain.pth", run["tmp"] / "zoo.pth"):
         args[args.index("--checkpoint") + 1] = ckpt
         args[args.index("--output") + 1] = run["tmp"] / ckpt.stem
-        subset = [] if ckpt == calibrated else ["--widths", "0.5", "--frames", "2", "--views", "1x1"]  # cheaper
+        subset = [] if ckpt == calibrated else ["--widths", "0.5", "--frames", "2"]  # cheaper (same views:
+        # a 1x1 spec reads the middle view of the loader's, which depends on the largest spec)
         capsys.readouterr()
         assert _run("test_net", [*args, *subset]) == 0, capsys.readouterr().err
         assert "Pareto front" in capsys.readouterr().out
         got = load_budgets(run["tmp"] / ckpt.stem / "budgets.json")
-        expected = reference if not subset else [r for r in reference if (r.width, r.frames, r.views) == (0.5, 2, "1x1")]
+        expected = reference if not subset else [r for r in reference if (r.width, r.frames) == (0.5, 2)]
         assert [dataclasses.replace(r, pareto=False) for r in got] == [
             dataclasses.replace(r, pareto=False) for r in expected]
 

@@ -319,10 +319,11 @@ def test_export_net_cli(tmp_path, capsys, fmt):
 
     root = Path(__file__).parents[1]
     args = ["--config", str(root / "configs" / "instant" / "x3d_synthetic.yaml")]
-    opts = ["model.depth_factor=0.25"]
+    opts = ["model.input_clip_length=4", "model.input_crop_size=32", "model.frames=[4,2]", "model.crops=[32,24]",
+            "model.depth_factor=0.25"]
     model = build_model(load_config(args[1], opts))
-    cfg = SubnetConfig(0.5, 2, 32)
-    calibrate_bn(model, [torch.randn(2, 3, 4, 48, 48, generator=torch.Generator().manual_seed(3))], [cfg],
+    cfg = SubnetConfig(0.5, 2, 24)
+    calibrate_bn(model, [torch.randn(2, 3, 4, 32, 32, generator=torch.Generator().manual_seed(3))], [cfg],
                  num_batches=1)
     ckpt = save_weights({"model": model.state_dict(), "iteration": 3}, tmp_path / "model_final.pth")
     spec = importlib.util.spec_from_file_location("export_net", root / "tools" / "export_net.py")
@@ -330,7 +331,7 @@ def test_export_net_cli(tmp_path, capsys, fmt):
     spec.loader.exec_module(tool)
     out = tmp_path / f"sub.{fmt}"
     args += ["--checkpoint", str(ckpt), "--width", "0.5", "--frames", "2", "--format", fmt, "--output", str(out)]
-    assert tool.main([*args, "--crop", "32", "--fold-bn", *opts]) == 0
+    assert tool.main([*args, "--crop", "24", "--fold-bn", *opts]) == 0
     assert "BN folded:" in capsys.readouterr().out and out.stat().st_size > 1000
     x = example_inputs(model, cfg, seed=4)
     if fmt == "torchscript":
@@ -343,7 +344,7 @@ def test_export_net_cli(tmp_path, capsys, fmt):
     torch.testing.assert_close(got, _reference(model, cfg, x), rtol=1e-4, atol=1e-4)
     assert tool.main([*args, "--crop", "40", *opts]) == 2
     assert "crop=40" in capsys.readouterr().err
-    assert tool.main([*args, "--crop", "32"]) == 2  # the default depth: a checkpoint of another shape
+    assert tool.main([*args, "--crop", "24"]) == 2  # the config's own model: the checkpoint does not fit
     assert "does not match the model" in capsys.readouterr().err
 
 
