@@ -265,12 +265,12 @@ def test_load_and_save_weights(tmp_path):
 
 
 def test_run_test_real_config_data_and_three_crops(tmp_path):
-    """engine.testing.run_test (what tools/test_net.py runs) on the real instant config: a
+    """engine.inference.run_test (what tools/test_net.py runs) on the real instant config: a
     tiny X3D, a synthetic Kinetics-format dataset decoded by kinetics_dataset, 1x1 and 1x3
     views (left/centre/right crops), a plain state-dict checkpoint."""
     from mutualnet_video.data import make_synthetic_kinetics
     from mutualnet_video.engine.config import load_config
-    from mutualnet_video.engine.testing import load_model, run_test
+    from mutualnet_video.engine.inference import load_model, run_test
 
     data = tmp_path / "data"
     make_synthetic_kinetics(data, num_classes=2, train_per_class=1, val_per_class=1, frames=8, size=(32, 48))

@@ -20,7 +20,7 @@ import torch
 import mutualnet_video  # noqa: F401
 from mutualnet_video.core import SubnetConfig, use_config
 from mutualnet_video.engine.config import load_config
-from mutualnet_video.engine.testing import load_model
+from mutualnet_video.engine.inference import load_model
 from mutualnet_video.evaluation import load_budgets
 from mutualnet_video.export import example_inputs
 

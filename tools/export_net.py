@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from mutualnet_video.core import SubnetConfig
     from mutualnet_video.engine.config import ConfigError, load_config
-    from mutualnet_video.engine.testing import load_model
+    from mutualnet_video.engine.inference import load_model
     from mutualnet_video.evaluation import CheckpointMismatchError
     from mutualnet_video.export import example_inputs, export_onnx, export_subnet, export_torchscript
 

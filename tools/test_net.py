@@ -50,7 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from mutualnet_video.engine.config import ConfigError, load_config
-    from mutualnet_video.engine.testing import run_test
+    from mutualnet_video.engine.inference import run_test
     from mutualnet_video.evaluation import CheckpointMismatchError, NotCalibratedError, format_table, pareto_front
 
     try:
