@@ -12,7 +12,7 @@ from torch import nn
 import mutualnet_video  # noqa: F401
 from mutualnet_video.core import SubnetConfig, current_config, distillation_loss, get_space, use_config
 from mutualnet_video.engine import SandwichSampler, SingleSampler, mutual_step
-from mutualnet_video.engine.toy import create_toy_slimnet
+from mutualnet_video.testing import create_toy_slimnet
 
 
 def _model(seed: int = 0, num_subnets: int = 4):
