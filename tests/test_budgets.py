@@ -27,8 +27,8 @@ from mutualnet_video.evaluation.budgets import (
 from mutualnet_video.evaluation.calibration import NotCalibratedError, calibrate_bn
 from mutualnet_video.evaluation.evaluator import evaluate_configs
 from mutualnet_video.evaluation.runner import calibrated_path, load_weights, run_budgets, save_weights
-from mutualnet_video.evaluation.toy import toy_slowfast, toy_x3d
 from mutualnet_video.export import export_subnet
+from mutualnet_video.testing import toy_slowfast, toy_x3d
 
 
 def _rec(width, frames, crop, gflops, top1, *, views="1x1", latency=None, top5=None):
