@@ -10,7 +10,7 @@ over the run hits all alike; each number is the median over rounds of
 ``measure_latency`` medians (batch 1, eval mode, no grad, threads pinned).
 
 Model: a real one from ``mutualnet_video.models.create_model`` if that package is
-importable, else the toy X3D-like net of ``mutualnet_video.evaluation.toy`` (the output
+importable, else the toy X3D-like net of ``mutualnet_video.testing`` (the output
 says which). The "stock" model (toy only) is the same architecture built from plain
 ``nn.Conv3d`` / ``nn.BatchNorm3d`` / ``nn.Linear`` at the exported channel counts, with the
 exported weights loaded strictly. FLOPs: ``mutualnet_video.evaluation.flops.count_flops``
@@ -33,8 +33,8 @@ import mutualnet_video  # noqa: F401
 from mutualnet_video.core import dummy_input, get_space
 from mutualnet_video.evaluation.budgets import measure_latency
 from mutualnet_video.evaluation.calibration import calibrate_bn
-from mutualnet_video.evaluation.toy import ToyX3D, toy_x3d
 from mutualnet_video.export import export_subnet
+from mutualnet_video.testing import ToyX3D, toy_x3d
 
 
 def _model(name: str | None):

@@ -13,7 +13,7 @@ Reports medians and the ratios ``mutual / sum(parts)`` (goal <= 1.10: the engine
 little beyond the sub-networks' own work) and ``mutual / full-only``.
 
     python benchmarks/train_step.py                       # slimmable X3D-XS if mutualnet_video.models exists
-    python benchmarks/train_step.py --model toy           # the engine's tiny test network
+    python benchmarks/train_step.py --model toy           # mutualnet_video.testing's tiny network
     python benchmarks/train_step.py --crops 112 96 80 --batch 2 --rounds 7 --threads 0
 """
 
@@ -46,18 +46,18 @@ def build(args):
         except ImportError:
             if args.model == "x3d_xs":
                 raise
-            print("mutualnet_video.models not importable: falling back to the engine's toy network")
+            print("mutualnet_video.models not importable: falling back to mutualnet_video.testing's toy network")
         else:
             model = create_slimmable_x3d(
                 input_clip_length=args.frames[0], input_crop_size=args.crops[0], model_num_class=400,
                 width_range=(0.5, 1.0), frames=args.frames, crops=args.crops, num_subnets=args.num_subnets,
             )
             return model, "slimmable X3D-XS (mutualnet_video.models.create_slimmable_x3d), 400 classes"
-    from mutualnet_video.engine.toy import create_toy_slimnet
+    from mutualnet_video.testing import create_toy_slimnet
 
     model = create_toy_slimnet(channels=32, model_num_class=400, frames=args.frames, crops=args.crops,
                                num_subnets=args.num_subnets)
-    return model, "toy slimmable net (mutualnet_video.engine.toy, 3 conv layers), 400 classes"
+    return model, "toy slimmable net (mutualnet_video.testing, 3 conv layers), 400 classes"
 
 
 def timed(fn) -> float:

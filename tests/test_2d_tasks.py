@@ -10,16 +10,16 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 import mutualnet_video  # noqa: F401
 from mutualnet_video.core import SlimBatchNorm2d, SlimConv2d, SubnetConfig, get_space, resize_crop, use_config
 from mutualnet_video.core.heads import IntermediateFeatures
+from mutualnet_video.engine.tasks2d import detection_mutual_step, segmentation_mutual_step
 from mutualnet_video.models._slim2d import RatioSlimConv2d
 from mutualnet_video.models.detection import (
     DetectorBackboneView,
     detection_losses,
-    detection_mutual_step,
     mutual_fasterrcnn_mobilenet_v2_fpn,
     mutual_fasterrcnn_resnet50_fpn,
 )
 from mutualnet_video.models.registry import create_model
-from mutualnet_video.models.segmentation import segmentation_losses, segmentation_mutual_step
+from mutualnet_video.models.segmentation import segmentation_losses
 
 SMALL_RCNN = dict(
     rpn_batch_size_per_image=32, box_batch_size_per_image=32, rpn_pre_nms_top_n_train=64,
@@ -194,3 +194,54 @@ def test_segmentation_distillation_and_step():
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     report = segmentation_mutual_step(model, images, masks, configs=[full, small], optimizer=optimizer)
     assert set(report[0][1]) == {"loss_ce", "total"} and set(report[1][1]) == {"loss_distill", "total"}
+
+
+def _manual_sandwich(model, configs, optimizer, losses_fn):
+    """The sandwich rule written out by hand (the pre-engine implementation): reference."""
+    optimizer.zero_grad(set_to_none=True)
+    teacher = None
+    for index, cfg in enumerate(configs):
+        with use_config(model, cfg):
+            total, teacher_out = losses_fn(model, cfg, teacher)
+        if index == 0:
+            teacher = teacher_out
+        total.backward()
+    optimizer.step()
+
+
+@pytest.mark.parametrize("task", ["detection", "segmentation"])
+def test_task_steps_equal_the_hand_written_sandwich(task):
+    """Build two ways: the engine's mutual_step-based step vs the loop written out."""
+    if task == "detection":
+        make, (images, targets), small = _tiny_detector, _detection_batch(), SubnetConfig(0.25, None, 32)
+
+        def losses_fn(model, cfg, teacher):
+            losses, record = detection_losses(model, images, targets, teacher=teacher, return_teacher=True)
+            task_loss = sum(v for k, v in losses.items() if k != "loss_distill")
+            return (task_loss if teacher is None else task_loss + 0.5 * losses["loss_distill"]), record
+
+        def step(model, configs, opt):
+            return detection_mutual_step(model, images, targets, configs=configs, optimizer=opt, distill_weight=0.5)
+    else:
+        make, (images, targets), small = _tiny_segmenter, _seg_batch(), SubnetConfig(0.25, None, 24)
+
+        def losses_fn(model, cfg, teacher):
+            losses, logits = segmentation_losses(model, resize_crop(images, cfg.crop), targets, teacher_logits=teacher)
+            if teacher is None:
+                return losses["loss_ce"], logits.detach()
+            return 0.5 * losses["loss_distill"] + 0.3 * losses["loss_ce"], None
+
+        def step(model, configs, opt):
+            return segmentation_mutual_step(model, images, targets, configs=configs, optimizer=opt,
+                                            task_weight=0.3, distill_weight=0.5)
+    ours, reference, initial = make().train(), make().train(), make()
+    reference.load_state_dict(ours.state_dict(), strict=True)
+    configs = [get_space(ours).full(), small]
+    torch.manual_seed(5)
+    report = step(ours, configs, torch.optim.SGD(ours.parameters(), lr=0.1))
+    torch.manual_seed(5)
+    _manual_sandwich(reference, configs, torch.optim.SGD(reference.parameters(), lr=0.1), losses_fn)
+    assert [cfg for cfg, _ in report] == configs and "loss_distill" in report[1][1]
+    for (name, a), b in zip(ours.state_dict().items(), reference.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=name)
+    assert any(not torch.equal(a, b) for a, b in zip(ours.parameters(), initial.parameters()))

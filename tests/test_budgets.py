@@ -32,8 +32,8 @@ from mutualnet_video.evaluation.runner import (
     run_budgets,
     save_weights,
 )
-from mutualnet_video.evaluation.toy import toy_slowfast, toy_x3d
 from mutualnet_video.export import export_subnet
+from mutualnet_video.testing import toy_slowfast, toy_x3d
 
 
 def _rec(width, frames, crop, gflops, top1, *, views="1x1", latency=None, top5=None):

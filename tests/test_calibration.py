@@ -28,7 +28,7 @@ from mutualnet_video.evaluation.calibration import (
     missing_calibration,
 )
 from mutualnet_video.evaluation.evaluator import evaluate_configs
-from mutualnet_video.evaluation.toy import toy_slowfast, toy_x3d
+from mutualnet_video.testing import toy_slowfast, toy_x3d
 
 FULL = SubnetConfig(1.0, 4, 32)
 SMALL = SubnetConfig(0.5, 2, 24)

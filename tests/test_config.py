@@ -14,7 +14,7 @@ import mutualnet_video  # noqa: F401
 from mutualnet_video.engine.config import ConfigError, build_model, instantiate, load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TOY = "mutualnet_video.engine.toy"
+TOY = "mutualnet_video.testing"
 
 BASE = f"""
 model: {{_target_: {TOY}.create_toy_slimnet, channels: 8, frames: [4, 2], crops: [32, 24]}}
@@ -125,7 +125,7 @@ def test_instantiate_nested_and_partial():
 
 
 def test_model_weights_load_strictly(tmp_path):
-    from mutualnet_video.engine.toy import create_toy_slimnet
+    from mutualnet_video.testing import create_toy_slimnet
 
     torch.manual_seed(5)
     source = create_toy_slimnet(channels=8, frames=(4, 2), crops=(32, 24))

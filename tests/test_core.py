@@ -174,6 +174,21 @@ def test_slim_conv2d_and_linear_equal_dense_of_sliced_weights():
     torch.testing.assert_close(hidden(z), F.linear(z, hidden.weight[:24, :24], hidden.bias[:24]))
 
 
+@pytest.mark.parametrize("slim, dense, shape", [(SlimConv2d, nn.Conv2d, (2, 8, 7, 7)),
+                                                (SlimConv3d, nn.Conv3d, (2, 8, 3, 7, 7))])
+@pytest.mark.parametrize("padding_mode", ["zeros", "reflect", "circular"])
+def test_slim_conv_padding_modes_equal_dense_of_sliced_weights(slim, dense, shape, padding_mode):
+    torch.manual_seed(0)
+    conv = slim(16, 24, 3, padding=1, padding_mode=padding_mode, bias=True)
+    set_config(conv, SubnetConfig(0.5, 4 if conv.weight.dim() == 5 else None, 8))
+    ref = dense(8, 16, 3, padding=1, padding_mode=padding_mode, bias=True)  # scale_channels(24, .5) = 16
+    with torch.no_grad():
+        ref.weight.copy_(conv.weight[:16, :8])
+        ref.bias.copy_(conv.bias[:16])
+    x = torch.randn(*shape)
+    torch.testing.assert_close(conv(x), ref(x))
+
+
 def test_depthwise_conv_follows_active_channels():
     torch.manual_seed(0)
     conv = SlimConv3d(48, 48, 3, padding=1, groups=48, bias=False)

@@ -16,7 +16,7 @@ from mutualnet_video.engine.checkpoint import (
     load_pretrained,
     restore_rng_state,
 )
-from mutualnet_video.engine.toy import create_toy_slimnet
+from mutualnet_video.testing import create_toy_slimnet
 
 
 def _model(seed=0):

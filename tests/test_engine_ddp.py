@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 import mutualnet_video  # noqa: F401
 from mutualnet_video.engine.config import default_config
 
-TOY = "mutualnet_video.engine.toy"
+TOY = "mutualnet_video.testing"
 
 
 def _free_port() -> int:

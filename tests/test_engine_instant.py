@@ -45,4 +45,4 @@ def test_instant_x3d_synthetic_config_trains(tmp_path, capsys):
         torch.set_num_threads(threads)
     assert (tmp_path / "out" / "model_final.pth").exists()
     out = capsys.readouterr().out
-    assert "w1000_f4_c48" in out and "top1" in out
+    assert "w1000_f8_c32" in out and "top1" in out

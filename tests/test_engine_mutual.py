@@ -12,7 +12,8 @@ from torch import nn
 import mutualnet_video  # noqa: F401
 from mutualnet_video.core import SubnetConfig, current_config, distillation_loss, get_space, use_config
 from mutualnet_video.engine import SandwichSampler, SingleSampler, mutual_step
-from mutualnet_video.engine.toy import create_toy_slimnet
+from mutualnet_video.engine.mutual import detach_output
+from mutualnet_video.testing import create_toy_slimnet
 
 
 def _model(seed: int = 0, num_subnets: int = 4):
@@ -189,3 +190,44 @@ def test_grad_scaler_path_matches_the_unscaled_step():
     assert results[0][0] == pytest.approx(results[1][0])  # losses are reported unscaled
     for a, b in zip(results[0][1], results[1][1]):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+class _DictOutput(nn.Module):
+    """The toy net returning ``{"out": logits}`` (segmentation heads' output format)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return {"out": self.model(x)}
+
+
+def test_dict_outputs_and_teacher_fn_give_the_same_step_as_tensors():
+    video, labels = _batch()
+    plain, wrapped = _model(), _DictOutput(_model())
+    wrapped.model.load_state_dict(plain.state_dict(), strict=True)
+    sub_inputs = SandwichSampler(get_space(plain), generator=torch.Generator().manual_seed(3))(video)
+    seen = []
+
+    def distill(student, teacher, *, temperature):
+        seen.append(type(teacher))
+        assert not teacher["out"].requires_grad
+        return distillation_loss(student["out"], teacher["out"], temperature=temperature)
+
+    ref = mutual_step(plain, sub_inputs, labels, criterion=F.cross_entropy,
+                      optimizer=torch.optim.SGD(plain.parameters(), lr=0.1))
+    ours = mutual_step(wrapped, sub_inputs, labels, criterion=lambda out, t: F.cross_entropy(out["out"], t),
+                       distill=distill, optimizer=torch.optim.SGD(wrapped.parameters(), lr=0.1))
+    assert seen == [dict] * (len(sub_inputs) - 1)
+    assert list(ours) == list(ref)
+    for (name, a), b in zip(wrapped.model.state_dict().items(), plain.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=name)
+    # teacher_fn picks what the sub-networks distill from
+    custom = mutual_step(wrapped, sub_inputs[:2], labels, criterion=lambda out, t: F.cross_entropy(out["out"], t),
+                         distill=lambda s, t, *, temperature: distillation_loss(s["out"], t),
+                         teacher_fn=lambda out: out["out"].detach(),
+                         optimizer=torch.optim.SGD(wrapped.parameters(), lr=0.1))
+    assert len(custom) == 2
+    with pytest.raises(TypeError, match="pass teacher_fn"):
+        detach_output(object())

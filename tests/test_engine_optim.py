@@ -31,7 +31,7 @@ def _expected(i: int, *, lr=0.4, warmup=5, factor=0.1, total=25, min_factor=0.01
 
 
 def _cfg_optim(**kw):
-    return default_config(model={"_target_": "mutualnet_video.engine.toy.create_toy_slimnet"}, optim={**OPTIM, **kw})["optim"]
+    return default_config(model={"_target_": "mutualnet_video.testing.create_toy_slimnet"}, optim={**OPTIM, **kw})["optim"]
 
 
 def test_warmup_then_cosine_per_iteration():

@@ -13,9 +13,9 @@ from torch.utils.data import IterableDataset
 import mutualnet_video  # noqa: F401
 from mutualnet_video.engine import Trainer, final_evaluation
 from mutualnet_video.engine.config import default_config
-from mutualnet_video.engine.toy import toy_clip_dataset
+from mutualnet_video.testing import toy_clip_dataset
 
-TOY = "mutualnet_video.engine.toy"
+TOY = "mutualnet_video.testing"
 
 
 def _cfg(out, **sections):

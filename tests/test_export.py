@@ -22,8 +22,8 @@ from mutualnet_video.core import (
     use_config,
 )
 from mutualnet_video.evaluation.calibration import calibrate_bn
-from mutualnet_video.evaluation.toy import ToyX3D, toy_slowfast, toy_x3d
 from mutualnet_video.export import example_inputs, export_onnx, export_subnet, export_torchscript
+from mutualnet_video.testing import ToyX3D, toy_slowfast, toy_x3d
 
 CONFIGS = [SubnetConfig(1.0, 4, 32), SubnetConfig(0.75, 2, 32), SubnetConfig(0.5, 2, 24)]
 

@@ -19,7 +19,7 @@ calibration), see :class:`SlimBatchNorm`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -146,6 +146,17 @@ class _SlimWeightMixin(SlimmableModule):
 
 
 class _SlimConvNd(_SlimWeightMixin):
+    _conv: Callable[..., torch.Tensor]  # F.conv2d / F.conv3d, set by the subclass
+
+    def _conv_forward(self, x, weight, bias, groups=None):  # type: ignore[override]
+        groups = self.groups if groups is None else groups
+        if self.padding_mode != "zeros":
+            return self._conv(
+                F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode),
+                weight, bias, self.stride, 0, self.dilation, groups,
+            )
+        return self._conv(x, weight, bias, self.stride, self.padding, self.dilation, groups)
+
     def _init_conv(self, slim_out: bool, in_splits) -> None:
         self._init_slim(slim_out, in_splits, self.in_channels, self.out_channels)
         self._depthwise = self.groups > 1 and self.groups == self.in_channels == self.out_channels
@@ -183,14 +194,7 @@ class SlimConv2d(_SlimConvNd, nn.Conv2d):
         nn.Conv2d.__init__(self, *args, **kwargs)
         self._init_conv(slim_out, in_splits)
 
-    def _conv_forward(self, x, weight, bias, groups=None):  # type: ignore[override]
-        groups = self.groups if groups is None else groups
-        if self.padding_mode != "zeros":
-            return F.conv2d(
-                F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode),
-                weight, bias, self.stride, 0, self.dilation, groups,
-            )
-        return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, groups)
+    _conv = staticmethod(F.conv2d)
 
 
 class SlimConv3d(_SlimConvNd, nn.Conv3d):
@@ -200,14 +204,7 @@ class SlimConv3d(_SlimConvNd, nn.Conv3d):
         nn.Conv3d.__init__(self, *args, **kwargs)
         self._init_conv(slim_out, in_splits)
 
-    def _conv_forward(self, x, weight, bias, groups=None):  # type: ignore[override]
-        groups = self.groups if groups is None else groups
-        if self.padding_mode != "zeros":
-            return F.conv3d(
-                F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode),
-                weight, bias, self.stride, 0, self.dilation, groups,
-            )
-        return F.conv3d(x, weight, bias, self.stride, self.padding, self.dilation, groups)
+    _conv = staticmethod(F.conv3d)
 
 
 class SlimLinear(_SlimWeightMixin, nn.Linear):

@@ -27,7 +27,7 @@ from torch import nn
 
 from ..core import ConfigSpace, SubnetConfig, clip_for_config, distillation_loss, use_config
 
-__all__ = ["mutual_step", "SandwichSampler", "SingleSampler", "ModelInput", "SubInputs"]
+__all__ = ["mutual_step", "detach_output", "SandwichSampler", "SingleSampler", "ModelInput", "SubInputs"]
 
 ModelInput = torch.Tensor | list[torch.Tensor]
 SubInputs = Sequence[tuple[SubnetConfig | None, ModelInput]]
@@ -53,6 +53,29 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
+def _first_tensor(value: Any) -> torch.Tensor | None:
+    """The first tensor in a (nested) tensor / list / tuple / dict input, for its device."""
+    if isinstance(value, torch.Tensor):
+        return value
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else ()
+    for item in items:
+        found = _first_tensor(item)
+        if found is not None:
+            return found
+    return None
+
+
+def detach_output(output: Any) -> Any:
+    """The default teacher: ``output`` detached (a tensor, or a dict / list / tuple of them)."""
+    if isinstance(output, torch.Tensor):
+        return output.detach()
+    if isinstance(output, dict):
+        return type(output)((k, detach_output(v)) for k, v in output.items())
+    if isinstance(output, (list, tuple)):
+        return type(output)(detach_output(v) for v in output)
+    raise TypeError(f"cannot detach a model output of type {type(output).__name__}: pass teacher_fn")
+
+
 def mutual_step(
     model: nn.Module,
     sub_inputs: SubInputs,
@@ -66,6 +89,7 @@ def mutual_step(
     temperature: float = 1.0,
     amp: bool = False,
     iteration: int | None = None,
+    teacher_fn: Callable[[Any], Any] = detach_output,
 ) -> dict[str, float]:
     """Run one sandwich-rule iteration and take ONE optimizer step.
 
@@ -85,6 +109,9 @@ def mutual_step(
         temperature: distillation temperature (1 in the paper).
         amp: run the forwards under ``torch.autocast`` (only effective on CUDA inputs).
         iteration: used in error messages only.
+        teacher_fn: turns the full configuration's output into the teacher handed to
+            ``distill`` (default: the output detached, also a dict such as segmentation
+            heads return; detection passes its sampled proposals and their logits).
 
     Returns:
         ``{cfg.tag: loss}`` in execution order (repeated tags get a ``#k`` suffix); the
@@ -97,8 +124,8 @@ def mutual_step(
     if not sub_inputs:
         raise ValueError("sub_inputs is empty: the sampler must return at least the full configuration")
     optimizer.zero_grad(set_to_none=True)
-    first_input = sub_inputs[0][1]
-    device_type = (first_input[0] if isinstance(first_input, (list, tuple)) else first_input).device.type
+    first_tensor = _first_tensor(sub_inputs[0][1])
+    device_type = "cpu" if first_tensor is None else first_tensor.device.type
     use_amp = amp and device_type == "cuda"
     is_ddp = isinstance(model, nn.parallel.DistributedDataParallel)
     switch_target = _unwrap(model)
@@ -119,7 +146,7 @@ def mutual_step(
             value = _check_finite(loss, cfg, index, iteration)
             (scaler.scale(loss) if scaler is not None else loss).backward()
         if index == 0:
-            teacher = output.detach()
+            teacher = teacher_fn(output)
         del output, loss
         key = _config_name(cfg)
         suffix = 2

@@ -11,7 +11,7 @@ from torch import nn
 from ..core import ConfigSpace
 from .convert import slimmable
 
-__all__ = ["builder_default", "make_space", "build_slimmable", "merge_defaults"]
+__all__ = ["builder_default", "default_input", "make_space", "build_slimmable", "merge_defaults"]
 
 
 def builder_default(builder: Callable[..., nn.Module], kwargs: dict[str, Any], name: str) -> Any:
@@ -19,6 +19,21 @@ def builder_default(builder: Callable[..., nn.Module], kwargs: dict[str, Any], n
     if name in kwargs:
         return kwargs[name]
     return inspect.signature(builder).parameters[name].default
+
+
+def default_input(
+    frames: Sequence[int] | int | None,
+    crops: Sequence[int] | int | None,
+    nominal: Callable[[], tuple[int, int] | None],
+) -> tuple[Sequence[int] | int, Sequence[int] | int]:
+    """``(frames, crops)`` with a missing one taken from ``nominal()``, the input the
+    builder's fixed head pool is sized for (``None``: no fixed pool, both are required)."""
+    if frames is not None and crops is not None:
+        return frames, crops
+    found = nominal()
+    if found is None:
+        raise ValueError("frames and crops are required when head_pool is not a fixed nn.AvgPool3d")
+    return (found[0] if frames is None else frames), (found[1] if crops is None else crops)
 
 
 def make_space(

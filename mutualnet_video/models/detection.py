@@ -15,7 +15,8 @@ several (width, input resolution) configurations. Here:
   (``min_size``) and their longer side at most ``ceil(cfg.crop * max_size_ratio)``
   (``max_size``; torchvision's 800/1333 by default).
 
-Training (:func:`detection_mutual_step`, the sandwich rule): the full configuration
+Training (:func:`mutualnet_video.engine.tasks2d.detection_mutual_step`: ``engine.mutual_step`` on a
+:class:`DetectorTrainView`, the sandwich rule): the full configuration
 trains on the labels (torchvision's four losses). Each sub-network trains on the labels
 too (``task_weight``) plus, as in-place distillation (``distill_weight``), the KL
 divergence between its box-classifier logits and the full network's on the *full
@@ -40,7 +41,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from ..core import ConfigSpace, SlimmableModule, SubnetConfig, attach_space, distillation_loss, use_config
+from ..core import ConfigSpace, SlimmableModule, SubnetConfig, attach_space, distillation_loss
 from ..core.heads import BackboneWithFPN, IntermediateFeatures
 from ._slim2d import slim_conv_like, space_2d
 from .mobilenet import create_slim_mobilenet_v2
@@ -55,8 +56,10 @@ __all__ = [
     "resnet50_fpn_backbone",
     "create_slim_faster_rcnn",
     "DetectorBackboneView",
+    "DetectorTrainOutput",
+    "DetectorTrainView",
     "detection_losses",
-    "detection_mutual_step",
+    "roi_distillation_loss",
     "mutual_fasterrcnn_mobilenet_v2_fpn",
     "mutual_fasterrcnn_resnet50_fpn",
 ]
@@ -201,7 +204,18 @@ def mutual_fasterrcnn_resnet50_fpn(
                                    **faster_rcnn_kwargs)
 
 
-class DetectorBackboneView(nn.Module):
+class _DetectorView(nn.Module):
+    """Shares ``detector``'s modules and :class:`ConfigSpace`: switching the view switches it."""
+
+    def __init__(self, detector: FasterRCNN) -> None:
+        super().__init__()
+        self.detector = detector
+        space = getattr(detector, "config_space", None)
+        if space is not None:
+            attach_space(self, space)
+
+
+class DetectorBackboneView(_DetectorView):
     """The detector's resize + backbone (+ FPN) as a plain ``images -> features`` model.
 
     Every BatchNorm layer of these detectors lives in the backbone, and a torchvision
@@ -212,12 +226,6 @@ class DetectorBackboneView(nn.Module):
     ``OrderedDict`` of pyramid levels at the active configuration's resize.
     """
 
-    def __init__(self, detector: FasterRCNN) -> None:
-        super().__init__()
-        self.detector = detector
-        space = getattr(detector, "config_space", None)
-        if space is not None:
-            attach_space(self, space)
 
     def forward(self, images: torch.Tensor | Sequence[torch.Tensor]) -> OrderedDict[str, torch.Tensor]:
         image_list, _ = self.detector.transform(list(images))
@@ -239,26 +247,8 @@ class RoiTeacher:
     class_logits: torch.Tensor
 
 
-def detection_losses(
-    model: FasterRCNN,
-    images: Sequence[torch.Tensor],
-    targets: Sequence[dict[str, torch.Tensor]],
-    *,
-    teacher: RoiTeacher | None = None,
-    return_teacher: bool = False,
-) -> tuple[dict[str, torch.Tensor], RoiTeacher | None]:
-    """Faster R-CNN training losses at the model's active configuration (train mode).
-
-    The same four losses as ``model(images, targets)`` (``loss_objectness``,
-    ``loss_rpn_box_reg``, ``loss_classifier``, ``loss_box_reg``), plus ``loss_distill`` when
-    ``teacher`` is given: KL(teacher || student) of the box-classifier logits on the
-    teacher's proposals rescaled to this configuration's image size. With
-    ``return_teacher`` the function also returns this run's :class:`RoiTeacher`.
-
-    Args:
-        images: ``(3, H_i, W_i)`` float images in [0, 1] (any size; the transform resizes).
-        targets: per image ``{"boxes": (K, 4) float xyxy, "labels": (K,) int64}``.
-    """
+def _train_forward(model: FasterRCNN, images: Sequence[torch.Tensor], targets: Sequence[dict[str, torch.Tensor]]):
+    """Train-mode forward: torchvision's four losses, the features, image sizes and the ROI sample."""
     if not model.training:
         raise RuntimeError("detection_losses needs the model in train mode")
     if model.roi_heads.has_mask() or model.roi_heads.has_keypoint():
@@ -272,53 +262,81 @@ def detection_losses(
     class_logits, box_regression = roi.box_predictor(box_features)
     loss_classifier, loss_box_reg = fastrcnn_loss(class_logits, box_regression, labels, regression_targets)
     losses = {**losses, "loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg}
-    if teacher is not None:
-        if len(teacher.proposals) != len(image_list.image_sizes):
-            raise ValueError(f"teacher has {len(teacher.proposals)} images, the batch {len(image_list.image_sizes)}")
-        scaled = []
-        for boxes, (th, tw), (sh, sw) in zip(teacher.proposals, teacher.image_sizes, image_list.image_sizes):
-            scale = boxes.new_tensor([sw / tw, sh / th, sw / tw, sh / th])
-            scaled.append(boxes * scale)
-        student = roi.box_predictor(roi.box_head(roi.box_roi_pool(features, scaled, image_list.image_sizes)))[0]
-        losses["loss_distill"] = distillation_loss(student, teacher.class_logits)
-    record = None
-    if return_teacher:
-        record = RoiTeacher([p.detach() for p in proposals], list(image_list.image_sizes), class_logits.detach())
-    return losses, record
+    teacher = RoiTeacher([p.detach() for p in proposals], list(image_list.image_sizes), class_logits.detach())
+    return losses, features, list(image_list.image_sizes), teacher
 
 
-def detection_mutual_step(
+def roi_distillation_loss(
+    model: FasterRCNN,
+    features: OrderedDict[str, torch.Tensor],
+    image_sizes: Sequence[tuple[int, int]],
+    teacher: RoiTeacher,
+    *,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """KL(teacher || student) of the box-classifier logits on the teacher's proposals.
+
+    The teacher's boxes are rescaled from its image sizes to ``image_sizes`` (this
+    configuration's resize), pooled from ``features`` (this configuration's pyramid) and
+    classified by the shared box head.
+    """
+    if len(teacher.proposals) != len(image_sizes):
+        raise ValueError(f"teacher has {len(teacher.proposals)} images, the batch {len(image_sizes)}")
+    scaled = []
+    for boxes, (th, tw), (sh, sw) in zip(teacher.proposals, teacher.image_sizes, image_sizes):
+        scaled.append(boxes * boxes.new_tensor([sw / tw, sh / th, sw / tw, sh / th]))
+    roi = model.roi_heads
+    student = roi.box_predictor(roi.box_head(roi.box_roi_pool(features, scaled, list(image_sizes))))[0]
+    return distillation_loss(student, teacher.class_logits, temperature=temperature)
+
+
+def detection_losses(
     model: FasterRCNN,
     images: Sequence[torch.Tensor],
     targets: Sequence[dict[str, torch.Tensor]],
     *,
-    configs: Sequence[SubnetConfig],
-    optimizer: torch.optim.Optimizer,
-    task_weight: float = 1.0,
-    distill_weight: float = 1.0,
-) -> list[tuple[SubnetConfig, dict[str, float]]]:
-    """One sandwich-rule iteration of a slimmable detector; returns the losses per config.
+    teacher: RoiTeacher | None = None,
+    return_teacher: bool = False,
+) -> tuple[dict[str, torch.Tensor], RoiTeacher | None]:
+    """Faster R-CNN training losses at the model's active configuration (train mode).
 
-    ``configs[0]`` is the full configuration (task losses; its ROI logits become the
-    teacher); every later one is trained with ``task_weight * task + distill_weight *
-    loss_distill``. Gradients of all configurations are summed; one optimizer step.
-    The same images feed every configuration (the transform resizes them per config).
+    The same four losses as ``model(images, targets)`` (``loss_objectness``,
+    ``loss_rpn_box_reg``, ``loss_classifier``, ``loss_box_reg``), plus ``loss_distill`` when
+    ``teacher`` is given (:func:`roi_distillation_loss`). With ``return_teacher`` the
+    function also returns this run's :class:`RoiTeacher`.
+
+    Args:
+        images: ``(3, H_i, W_i)`` float images in [0, 1] (any size; the transform resizes).
+        targets: per image ``{"boxes": (K, 4) float xyxy, "labels": (K,) int64}``.
     """
-    if not configs:
-        raise ValueError("configs must hold at least the full configuration")
-    model.train()
-    optimizer.zero_grad(set_to_none=True)
-    teacher: RoiTeacher | None = None
-    report: list[tuple[SubnetConfig, dict[str, float]]] = []
-    for index, cfg in enumerate(configs):
-        with use_config(model, cfg):
-            losses, record = detection_losses(model, images, targets, teacher=teacher, return_teacher=index == 0)
-        task = sum(v for k, v in losses.items() if k != "loss_distill")
-        if index == 0:
-            teacher, total = record, task
-        else:
-            total = task_weight * task + distill_weight * losses["loss_distill"]
-        total.backward()
-        report.append((cfg, {k: float(v.detach()) for k, v in losses.items()} | {"total": float(total.detach())}))
-    optimizer.step()
-    return report
+    losses, features, image_sizes, record = _train_forward(model, images, targets)
+    if teacher is not None:
+        losses["loss_distill"] = roi_distillation_loss(model, features, image_sizes, teacher)
+    return losses, record if return_teacher else None
+
+
+@dataclass
+class DetectorTrainOutput:
+    """What :class:`DetectorTrainView` returns: this configuration's task losses, its
+    pyramid ``features`` and resized ``image_sizes`` (for :func:`roi_distillation_loss`),
+    and its own :class:`RoiTeacher` (used when it is the full configuration)."""
+
+    losses: dict[str, torch.Tensor]
+    features: OrderedDict[str, torch.Tensor]
+    image_sizes: list[tuple[int, int]]
+    teacher: RoiTeacher
+
+
+class DetectorTrainView(_DetectorView):
+    """A train-mode detector as ``(images, targets) -> DetectorTrainOutput``.
+
+    What ``engine.mutual_step`` runs for detection: it shares the detector's modules and
+    :class:`ConfigSpace` (switching the view switches the detector, resize included), so
+    the sandwich loop is the engine's and only the losses are detection-specific.
+    """
+
+
+    def forward(self, batch: tuple[Sequence[torch.Tensor], Sequence[dict[str, torch.Tensor]]]) -> DetectorTrainOutput:
+        images, targets = batch
+        losses, features, image_sizes, teacher = _train_forward(self.detector, images, targets)
+        return DetectorTrainOutput(losses, features, image_sizes, teacher)

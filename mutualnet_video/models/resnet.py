@@ -16,7 +16,7 @@ from pytorchvideo.models.resnet import create_resnet
 from torch import nn
 
 from ..core import SlimBatchNorm3d
-from ._builder import build_slimmable, builder_default, make_space, merge_defaults
+from ._builder import build_slimmable, builder_default, default_input, make_space, merge_defaults
 from .registry import register_model
 
 __all__ = ["create_slimmable_resnet", "mutual_slow_r50"]
@@ -66,12 +66,7 @@ def create_slimmable_resnet(
     """
     kwargs = dict(create_resnet_kwargs)
     kwargs.setdefault("norm", SlimBatchNorm3d)
-    if frames is None or crops is None:
-        nominal = _nominal_input(kwargs)
-        if nominal is None:
-            raise ValueError("frames and crops are required when head_pool is not a fixed nn.AvgPool3d")
-        frames = nominal[0] if frames is None else frames
-        crops = nominal[1] if crops is None else crops
+    frames, crops = default_input(frames, crops, lambda: _nominal_input(kwargs))
     space = make_space(width_range=width_range, frames=frames, crops=crops, num_subnets=num_subnets, widths=widths)
     return build_slimmable(create_resnet, kwargs, space)
 

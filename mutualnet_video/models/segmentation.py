@@ -11,11 +11,12 @@ One segmenter runs at several (width, input resolution) configurations:
 * the input resolution is the image size the caller feeds (``clip_for_config`` /
   ``resize_crop`` to ``cfg.crop``); the logits come back at the input size.
 
-Training (:func:`segmentation_mutual_step`, the sandwich rule): the full configuration
-trains with per-pixel cross-entropy on the masks; every sub-network with the per-pixel
-KL divergence KL(teacher || student) to the full network's logits, bilinearly resized
-to the sub-network's output size (``distill_weight``), plus optionally the
-cross-entropy on nearest-resized masks (``task_weight``, 0 by default as in MutualNet).
+Training (:func:`mutualnet_video.engine.tasks2d.segmentation_mutual_step`, the sandwich rule of
+``engine.mutual_step`` with :func:`pixel_losses`): the full configuration trains with
+per-pixel cross-entropy on the masks; every sub-network with the per-pixel KL divergence
+KL(teacher || student) to the full network's logits, bilinearly resized to the
+sub-network's output size (``distill_weight``), plus optionally the cross-entropy on
+nearest-resized masks (``task_weight``, 0 by default as in MutualNet).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from torchvision.models.segmentation import FCN, DeepLabV3
 from torchvision.models.segmentation.deeplabv3 import DeepLabHead
 from torchvision.models.segmentation.fcn import FCNHead
 
-from ..core import ConfigSpace, SubnetConfig, attach_space, distillation_loss, resize_crop, use_config
+from ..core import ConfigSpace, attach_space, distillation_loss
 from ..core.heads import IntermediateFeatures
 from ._slim2d import convert_2d, space_2d
 from .mobilenet import create_slim_mobilenet_v2
@@ -43,8 +44,8 @@ __all__ = [
     "slim_deeplab_head",
     "slim_fcn_head",
     "create_slim_segmenter",
+    "pixel_losses",
     "segmentation_losses",
-    "segmentation_mutual_step",
     "mutual_deeplabv3_mobilenet_v2",
     "mutual_deeplabv3_resnet50",
     "mutual_fcn_resnet50",
@@ -121,22 +122,21 @@ def mutual_fcn_resnet50(*, num_classes: int = 21, width_range: Sequence[float] =
 
 
 # -- training ----------------------------------------------------------------------------
-def segmentation_losses(
-    model: nn.Module,
-    images: torch.Tensor,
+def pixel_losses(
+    logits: torch.Tensor,
     masks: torch.Tensor | None,
+    teacher_logits: torch.Tensor | None,
     *,
-    teacher_logits: torch.Tensor | None = None,
     ignore_index: int = 255,
-) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Losses at the active configuration, and the logits ``(N, K, H, W)``.
+    temperature: float = 1.0,
+) -> dict[str, torch.Tensor]:
+    """Per-pixel losses of ``logits`` ``(N, K, H, W)``: what segmentation trains and distills.
 
-    ``loss_ce``: per-pixel cross-entropy on ``masks`` (``(N, H', W')`` int64, resized
-    nearest to the logits if needed; skipped when ``masks`` is None). ``loss_distill``
-    (when ``teacher_logits`` is given): per-pixel KL(teacher || student), the teacher's
-    logits resized bilinearly to the student's size, averaged over pixels.
+    ``loss_ce``: cross-entropy on ``masks`` (``(N, H', W')`` int64, resized nearest to the
+    logits if needed; skipped when ``masks`` is None). ``loss_distill`` (when
+    ``teacher_logits`` is given): KL(teacher || student) per pixel, the teacher's logits
+    resized bilinearly to the student's size, averaged over pixels.
     """
-    logits = model(images)["out"]
     losses: dict[str, torch.Tensor] = {}
     if masks is not None:
         if masks.shape[-2:] != logits.shape[-2:]:
@@ -145,44 +145,18 @@ def segmentation_losses(
     if teacher_logits is not None:
         if teacher_logits.shape[-2:] != logits.shape[-2:]:
             teacher_logits = F.interpolate(teacher_logits, size=logits.shape[-2:], mode="bilinear", align_corners=False)
-        losses["loss_distill"] = distillation_loss(logits, teacher_logits)
-    return losses, logits
+        losses["loss_distill"] = distillation_loss(logits, teacher_logits, temperature=temperature)
+    return losses
 
 
-def segmentation_mutual_step(
+def segmentation_losses(
     model: nn.Module,
     images: torch.Tensor,
-    masks: torch.Tensor,
+    masks: torch.Tensor | None,
     *,
-    configs: Sequence[SubnetConfig],
-    optimizer: torch.optim.Optimizer,
-    task_weight: float = 0.0,
-    distill_weight: float = 1.0,
+    teacher_logits: torch.Tensor | None = None,
     ignore_index: int = 255,
-) -> list[tuple[SubnetConfig, dict[str, float]]]:
-    """One sandwich-rule iteration of a slimmable segmenter; returns the losses per config.
-
-    ``images``: ``(N, 3, S, S)`` at the full crop; sub-networks get them resized to their
-    crop (bilinear, :func:`resize_crop`). ``configs[0]`` is the full configuration.
-    """
-    if not configs:
-        raise ValueError("configs must hold at least the full configuration")
-    model.train()
-    optimizer.zero_grad(set_to_none=True)
-    teacher: torch.Tensor | None = None
-    report: list[tuple[SubnetConfig, dict[str, float]]] = []
-    for index, cfg in enumerate(configs):
-        with use_config(model, cfg):
-            if index == 0:
-                losses, logits = segmentation_losses(model, resize_crop(images, cfg.crop), masks, ignore_index=ignore_index)
-                teacher, total = logits.detach(), losses["loss_ce"]
-            else:
-                losses, _ = segmentation_losses(model, resize_crop(images, cfg.crop), masks if task_weight else None,
-                                                teacher_logits=teacher, ignore_index=ignore_index)
-                total = distill_weight * losses["loss_distill"]
-                if task_weight:
-                    total = total + task_weight * losses["loss_ce"]
-        total.backward()
-        report.append((cfg, {k: float(v.detach()) for k, v in losses.items()} | {"total": float(total.detach())}))
-    optimizer.step()
-    return report
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """:func:`pixel_losses` of ``model(images)["out"]`` at the active configuration, and those logits."""
+    logits = model(images)["out"]
+    return pixel_losses(logits, masks, teacher_logits, ignore_index=ignore_index), logits

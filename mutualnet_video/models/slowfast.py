@@ -16,7 +16,7 @@ from pytorchvideo.models.slowfast import FuseFastToSlow, create_slowfast
 from torch import nn
 
 from ..core import SlimBatchNorm3d
-from ._builder import builder_default, make_space, merge_defaults
+from ._builder import builder_default, default_input, make_space, merge_defaults
 from .convert import slimmable
 from .registry import register_model
 
@@ -74,12 +74,7 @@ def create_slimmable_slowfast(
     """
     kwargs = dict(create_slowfast_kwargs)
     kwargs.setdefault("norm", SlimBatchNorm3d)
-    if frames is None or crops is None:
-        nominal = _nominal_input(kwargs)
-        if nominal is None:
-            raise ValueError("frames and crops are required when head_pool is not a fixed nn.AvgPool3d")
-        frames = nominal[0] if frames is None else frames
-        crops = nominal[1] if crops is None else crops
+    frames, crops = default_input(frames, crops, lambda: _nominal_input(kwargs))
     model = create_slowfast(**kwargs)
     space = make_space(
         width_range=width_range, frames=frames, crops=crops, num_subnets=num_subnets, widths=widths,

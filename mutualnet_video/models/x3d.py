@@ -15,7 +15,7 @@ from pytorchvideo.models.x3d import create_x3d
 from torch import nn
 
 from ..core import SlimBatchNorm3d
-from ._builder import build_slimmable, builder_default, make_space, merge_defaults
+from ._builder import build_slimmable, builder_default, default_input, make_space, merge_defaults
 from .registry import register_model
 
 __all__ = [
@@ -54,13 +54,9 @@ def create_slimmable_x3d(
     kwargs = dict(create_x3d_kwargs)
     kwargs.setdefault("head_activation", None)
     kwargs.setdefault("norm", SlimBatchNorm3d)
-    space = make_space(
-        width_range=width_range,
-        frames=builder_default(create_x3d, kwargs, "input_clip_length") if frames is None else frames,
-        crops=builder_default(create_x3d, kwargs, "input_crop_size") if crops is None else crops,
-        num_subnets=num_subnets,
-        widths=widths,
-    )
+    frames, crops = default_input(frames, crops, lambda: (builder_default(create_x3d, kwargs, "input_clip_length"),
+                                                          builder_default(create_x3d, kwargs, "input_crop_size")))
+    space = make_space(width_range=width_range, frames=frames, crops=crops, num_subnets=num_subnets, widths=widths)
     return build_slimmable(create_x3d, kwargs, space)
 
 
