@@ -5,8 +5,6 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
-import sys
-import warnings
 from pathlib import Path
 
 import pytest
@@ -26,7 +24,14 @@ from mutualnet_video.evaluation.budgets import (
 )
 from mutualnet_video.evaluation.calibration import NotCalibratedError, calibrate_bn
 from mutualnet_video.evaluation.evaluator import evaluate_configs
-from mutualnet_video.evaluation.runner import calibrated_path, load_weights, run_budgets, save_weights
+from mutualnet_video.evaluation.flops import count_flops, count_params
+from mutualnet_video.evaluation.runner import (
+    CheckpointMismatchError,
+    calibrated_path,
+    load_weights,
+    run_budgets,
+    save_weights,
+)
 from mutualnet_video.export import export_subnet
 from mutualnet_video.testing import toy_slowfast, toy_x3d
 
@@ -173,24 +178,13 @@ def _hand_top1(loader, view_probs, keep):
     return 100.0 * sum(hits) / len(hits)
 
 
-def _flops(model, cfg):  # a stand-in cost: grows with width, frames and crop
-    return int(1e9 * cfg.width * cfg.frames * cfg.crop**2 / (4 * 32**2))
-
-
-def _params(model, cfg):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # uncalibrated BN statistics do not change the parameter count
-        return sum(p.numel() for p in export_subnet(model, cfg, check=False).parameters())
-
-
 @pytest.mark.parametrize("make", [toy_x3d, toy_slowfast])
 def test_evaluate_configs_matches_per_view_hand_computation(make):
     model = make(num_classes=3)
     alpha = model.config_space.slowfast_alpha
     loader = _Loader(model, videos=3, frames=4 * (alpha or 1))
     configs = [SubnetConfig(1.0, 4, 32), SubnetConfig(0.5, 2, 24)]
-    records = evaluate_configs(model, loader, configs, views=("1x1", "2x3"), progress=False,
-                               flops_fn=_flops, params_fn=_params)
+    records = evaluate_configs(model, loader, configs, views=("1x1", "2x3"), progress=False)
     assert loader.passes == 1  # decoded once for every config and views
     assert [(r.config, r.views) for r in records] == [(c, v) for c in configs for v in ("1x1", "2x3")]
     view_probs = {cfg: _hand_view_probs(model, loader, cfg, alpha) for cfg in configs}
@@ -199,15 +193,16 @@ def test_evaluate_configs_matches_per_view_hand_computation(make):
         assert r.top1 == pytest.approx(_hand_top1(loader, view_probs[r.config], keep))
         assert r.num_videos == 3 and r.top5 == 100.0  # 3 classes
         assert r.gflops_per_video == pytest.approx(r.gflops_per_view * (1 if r.views == "1x1" else 6))
-        assert r.gflops_per_view == pytest.approx(_flops(model, r.config) / 1e9)
-    assert records[2].params < records[0].params
+        assert r.gflops_per_view == pytest.approx(count_flops(model, r.config) / 1e9)  # the real counter
+        assert r.params == count_params(model, r.config)
+    assert records[2].params < records[0].params and records[2].gflops_per_view < records[0].gflops_per_view
     assert any(r.pareto for r in records)
 
 
 def test_evaluate_configs_errors_and_latency():
     model = toy_x3d(num_classes=3)
     loader = _Loader(model, videos=2, temporal=1, spatial=1)
-    kw = dict(progress=False, flops_fn=_flops, params_fn=_params)
+    kw = dict(progress=False)
     with pytest.raises(ValueError, match="more views than the loader's 1x1"):
         evaluate_configs(model, loader, [SubnetConfig(1.0, 4, 32)], views=("2x1",), loader_views="1x1", **kw)
     with pytest.raises(ValueError, match="more than the 1x1 views"):
@@ -243,7 +238,7 @@ def test_run_budgets_calibrates_and_writes_the_table(tmp_path):
     calib = [torch.randn(2, 3, 4, 32, 32) for _ in range(2)]
     records = run_budgets(model, test_loader=_Loader(model, videos=2, temporal=1, spatial=1), configs=configs,
                           output_dir=tmp_path, calibration_batches=calib, calibration_num_batches=2,
-                          flops_fn=_flops, params_fn=_params, progress=False, meta={"model": "toy"})
+                          progress=False, meta={"model": "toy"})
     assert load_budgets(tmp_path / "budgets.json") == records
     assert {p.name for p in tmp_path.iterdir()} == {"budgets.json", "budgets.csv", "budgets.txt", "top1_vs_gflops.png"}
     assert json.loads((tmp_path / "budgets.json").read_text())["meta"]["model"] == "toy"
@@ -262,63 +257,48 @@ def test_load_and_save_weights(tmp_path):
     state = model.state_dict()
     state["extra.weight"] = state.pop("proj.weight")
     torch.save({f"module.{k}": v for k, v in state.items()}, tmp_path / "bad.pth")  # DDP prefix is stripped
-    with pytest.raises(RuntimeError, match=r"bad.pth does not match.*missing keys \['proj.weight'\].*'extra.weight'"):
+    with pytest.raises(CheckpointMismatchError, match=r"bad.pth does not match.*missing keys: proj.weight; unexpected keys: extra.weight"):
         load_weights(fresh, tmp_path / "bad.pth")
     with pytest.raises(FileNotFoundError, match="nope.pth"):
         load_weights(fresh, tmp_path / "nope.pth")
     assert not list(tmp_path.glob("*.tmp"))
 
 
-class _Views(torch.utils.data.IterableDataset):
-    """Stand-in for the data helper's multi-view Kinetics dataset (per-sample dicts)."""
+def test_run_test_real_config_data_and_three_crops(tmp_path):
+    """engine.inference.run_test (what tools/test_net.py runs) on the real instant config: a
+    tiny X3D, a synthetic Kinetics-format dataset decoded by kinetics_dataset, 1x1 and 1x3
+    views (left/centre/right crops), a plain state-dict checkpoint."""
+    from mutualnet_video.data import make_synthetic_kinetics
+    from mutualnet_video.engine.config import load_config
+    from mutualnet_video.engine.inference import load_model, run_test
 
-    def __init__(self, *, temporal, spatial, frames, videos=2):
-        self.temporal, self.spatial, self.frames, self.videos = temporal, spatial, frames, videos
+    data = tmp_path / "data"
+    make_synthetic_kinetics(data, num_classes=2, train_per_class=1, val_per_class=1, frames=8, size=(32, 48))
+    config = Path(__file__).parents[1] / "configs" / "instant" / "x3d_synthetic.yaml"
+    cfg = load_config(str(config), [f"data.train.data_path={data}", f"data.val.data_path={data}", "data.batch_size=2",
+                                    "model.input_clip_length=4", "model.input_crop_size=32", "model.frames=[4,2]",
+                                    "model.crops=[32,24]", "model.depth_factor=0.25", "model.model_num_class=2", "eval.calib_batches=1",
+                                    "eval.views=[1x1,1x3]", "eval.widths=[0.5]", "eval.frames=[2]"])
+    model, space, _ = load_model(cfg, save_weights(build_state(cfg), tmp_path / "m.pth"))
+    with pytest.raises(NotCalibratedError, match=r"w0500_f2_c32.*--calibrate"):
+        run_test(cfg, checkpoint=tmp_path / "m.pth", progress=False)
+    result = run_test(cfg, checkpoint=tmp_path / "m.pth", calibrate=True, progress=False)
+    assert result.calibrated_checkpoint == tmp_path / "m_calibrated.pth"
+    assert [(r.config.tag, r.views) for r in result.records] == [
+        (f"w0500_f2_c{c}", v) for c in space.crops for v in ("1x1", "1x3")]
+    for r in result.records:
+        assert r.num_videos == 2 and r.gflops_per_video == pytest.approx(r.gflops_per_view * (3 if r.views == "1x3" else 1))
+    assert load_budgets(result.output_dir / "budgets.json") == result.records
+    again = run_test(cfg, checkpoint=result.calibrated_checkpoint, output_dir=tmp_path / "again", progress=False)
+    assert again.records == result.records  # calibrated statistics saved and restored exactly
+    with pytest.raises(ValueError, match="crop=40"):
+        run_test(cfg, checkpoint=tmp_path / "m.pth", crops=[40])
 
-    def __iter__(self):
-        gen = torch.Generator().manual_seed(0)
-        for v in range(self.videos):
-            for t in range(self.temporal):
-                for s in range(self.spatial):
-                    yield {"video": torch.randn(3, self.frames, 32, 32, generator=gen), "label": v % 3,
-                           "video_index": v, "clip_index": t, "aug_index": s}
 
+def build_state(cfg):
+    from mutualnet_video.engine.config import build_model
 
-def test_test_net_cli_end_to_end_with_stand_ins(tmp_path, monkeypatch, capsys):
-    """tools/test_net.py against stand-ins of the planned engine/data/flops APIs."""
-    import types
-
-    import mutualnet_video.data
-
-    config = types.ModuleType("mutualnet_video.engine.config")
-    config.load_config = lambda path, overrides: {"data": {"path": str(tmp_path), "batch_size": 4}, "opts": overrides}
-    config.build_model = lambda cfg: toy_x3d(num_classes=3, seed=7)
-    flops = types.ModuleType("mutualnet_video.evaluation.flops")
-    flops.count_flops, flops.count_params = _flops, _params
-    monkeypatch.setitem(sys.modules, "mutualnet_video.engine.config", config)
-    monkeypatch.setitem(sys.modules, "mutualnet_video.evaluation.flops", flops)
-
-    def kinetics_dataset(*, data_path, split, space, decoder, temporal_clips=1, spatial_crops=1):
-        assert data_path == str(tmp_path) and decoder == "pyav"
-        return _Views(temporal=temporal_clips, spatial=spatial_crops, frames=space.full().frames,
-                      videos=8 if split == "train" else 2)
-
-    monkeypatch.setattr(mutualnet_video.data, "kinetics_dataset", kinetics_dataset, raising=False)
-    ckpt = save_weights({"model": toy_x3d(num_classes=3, seed=1).state_dict()}, tmp_path / "model.pth")
-    test_net = _tool("test_net")
-    args = ["--config", "x.yaml", "--checkpoint", str(ckpt), "--widths", "1.0", "0.5", "--frames", "2",
-            "--crops", "24", "--views", "1x1,2x3", "--output", str(tmp_path / "out")]
-    with pytest.raises(NotCalibratedError, match="--calibrate"):
-        test_net.main(args)
-    assert test_net.main([*args, "--calibrate", "--calib-batches", "2"]) == 0
-    out = capsys.readouterr().out
-    assert "model_calibrated.pth" in out and "GFLOPs/video" in out
-    records = load_budgets(tmp_path / "out" / "budgets.json")
-    assert [(r.width, r.views) for r in records] == [(1.0, "1x1"), (1.0, "2x3"), (0.5, "1x1"), (0.5, "2x3")]
-    # the calibrated checkpoint evaluates without --calibrate and gives the same table
-    args[args.index(str(ckpt))] = str(tmp_path / "model_calibrated.pth")
-    assert test_net.main(args) == 0
-    assert load_budgets(tmp_path / "out" / "budgets.json") == records
+    return build_model(cfg).state_dict()
 
 
 def test_evaluate_runs_only_the_views_a_spec_uses():
@@ -328,7 +308,7 @@ def test_evaluate_runs_only_the_views_a_spec_uses():
     model.register_forward_pre_hook(lambda m, args: calls.append(args[0].shape[0]))
     configs = [SubnetConfig(0.5, 2, 24)]
     [record] = evaluate_configs(model, loader, configs, views=("1x1",), loader_views="2x3", progress=False,
-                                flops_fn=_flops, params_fn=lambda m, c: 1)
+                                flops_fn=lambda m, c: 1, params_fn=lambda m, c: 1)
     assert sum(calls) == 3  # one view of each video, not 18
     view_probs = _hand_view_probs(model, loader, configs[0])
     assert record.top1 == pytest.approx(

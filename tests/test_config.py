@@ -64,6 +64,12 @@ def test_valid_config_gets_defaults_and_typed_values(tmp_path):
         ("optim.warmup_iters=5", r"optim\.warmup_iters: must be < optim\.max_iters"),
         ("optim.betas=[0.9]", r"optim\.betas: must be two numbers"),
         ("eval.configs=[1]", r"eval\.configs: must be a list of config tags"),
+        ("eval.views=[1x2]", r"eval\.views: spatial crops per clip must be 1 or 3 \('1x2'\)"),
+        ("eval.views=[3]", r"eval\.views: must be view specs TEMPORALxSPATIAL"),
+        ("eval.views=[]", r"eval\.views: must list at least one view spec"),
+        ("eval.widths=[0.5,0]", r"eval\.widths: must be a non-empty list of positive numbers"),
+        ("eval.frames=[4.5]", r"eval\.frames: must be a non-empty list of positive ints"),
+        ("eval.clip_duration=0", r"eval\.clip_duration: must be > 0"),
         ("bad", r"override 'bad': expected key\.sub=value"),
     ],
 )

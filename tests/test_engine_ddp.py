@@ -45,7 +45,9 @@ def _worker(rank: int, world_size: int, port: int, out: str, sync_bn: bool) -> N
         initial = {k: v.clone() for k, v in trainer.model.state_dict().items()}
         metrics = trainer.train()
         shard = trainer.stream._shard(0)
-        torch.save({"state": trainer.model.state_dict(), "initial": initial, "metrics": metrics, "shard": shard},
+        state = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+        final = trainer.final_evaluation()  # calibration + evaluation on each rank's shard, hits summed
+        torch.save({"state": state, "initial": initial, "metrics": metrics, "shard": shard, "final": final},
                    os.path.join(out, f"rank{rank}.pt"))
     finally:
         trainer.close()
@@ -65,6 +67,7 @@ def test_two_process_gloo_training_keeps_ranks_identical(tmp_path, sync_bn):
         assert torch.equal(value, r1["state"][key]), key
     assert not torch.equal(r0["state"]["proj.weight"], r0["initial"]["proj.weight"])
     assert r0["metrics"] == r1["metrics"] and r0["metrics"]["clips"] == 6  # validation all-reduced over ranks
+    assert r0["final"] == r1["final"] and [r["videos"] for r in r0["final"]] == [6, 6, 6]
     saved = torch.load(tmp_path / "model_final.pth", weights_only=True)
     assert saved["iteration"] == 3 and torch.equal(saved["model"]["proj.weight"], r0["state"]["proj.weight"])
 

@@ -155,6 +155,17 @@ def test_epochs_validation_logs_and_final_table(tmp_path, capsys):
     rows = final_evaluation(trainer)
     assert rows and rows[0]["config"] == "w1000_f4_c32"
     assert "top1" in capsys.readouterr().out
+    # full, middle, smallest; BN calibrated for each; the evaluator's GFLOPs and video counts
+    from mutualnet_video.core import SlimBatchNorm, SubnetConfig
+    from mutualnet_video.engine.trainer import default_eval_configs
+
+    space = trainer.space
+    assert [r["config"] for r in rows] == [c.tag for c in default_eval_configs(space)]
+    assert rows[-1]["config"] == space.smallest().tag and len(rows) == 3
+    assert rows[0]["gflops"] >= rows[1]["gflops"] > rows[2]["gflops"] > 0  # 8 channels: 0.75 rounds up to 8
+    assert all(r["calibrated"] and r["videos"] == 4 and 0 <= r["top1"] <= r["top5"] <= 100 for r in rows)
+    bns = [m for m in trainer.model.modules() if isinstance(m, SlimBatchNorm)]
+    assert bns and all(bn.has_stats(SubnetConfig.from_tag(r["config"])) for r in rows for bn in bns)
 
 
 def test_single_mode_trains_full_config_only(tmp_path):

@@ -284,11 +284,21 @@ def _export_check(model, configs):
                 torch.testing.assert_close(static(_copy(x)), _reference(model, cfg, x), rtol=1e-4, atol=1e-4)
 
 
-def test_export_real_x3d():
+def test_export_real_x3d(tmp_path):
     create = _real("create_slimmable_x3d")
     model = create(input_clip_length=4, input_crop_size=64, model_num_class=5, depth_factor=1.0,
                    head_activation=None, width_range=(0.5, 1.0), frames=(4, 2), crops=(64, 48))
     _export_check(model, [SubnetConfig(1.0, 4, 64), SubnetConfig(0.5, 2, 48)])
+    # PyTorchVideo's Swish is a Python autograd Function: exported as nn.SiLU so TorchScript can save it
+    cfg = SubnetConfig(0.5, 2, 48)
+    static = export_subnet(model, cfg)
+    assert not any(type(m).__name__ == "Swish" for m in static.modules())
+    assert any(isinstance(m, nn.SiLU) for m in static.modules())
+    x = example_inputs(model, cfg, seed=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        loaded = torch.jit.load(str(export_torchscript(static, x, tmp_path / "x3d.pt")))
+    torch.testing.assert_close(loaded(x), _reference(model, cfg, x), rtol=1e-5, atol=1e-5)
 
 
 def test_export_real_slowfast():
@@ -299,29 +309,31 @@ def test_export_real_slowfast():
 
 
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
-def test_export_net_cli_with_stand_ins(tmp_path, monkeypatch, capsys, fmt):
-    """tools/export_net.py against a stand-in of the planned engine config API."""
+def test_export_net_cli(tmp_path, capsys, fmt):
+    """tools/export_net.py on the real instant config (tiny X3D) and a calibrated Trainer-style checkpoint."""
     import importlib.util
-    import sys
-    import types
     from pathlib import Path
 
+    from mutualnet_video.engine.config import build_model, load_config
     from mutualnet_video.evaluation.runner import save_weights
 
-    model = _calibrated(toy_x3d)
-    config = types.ModuleType("mutualnet_video.engine.config")
-    config.load_config = lambda path, overrides: {}
-    config.build_model = lambda cfg: toy_x3d(seed=5)
-    monkeypatch.setitem(sys.modules, "mutualnet_video.engine.config", config)
-    ckpt = save_weights({"model": model.state_dict()}, tmp_path / "m.pth")
-    spec = importlib.util.spec_from_file_location("export_net", Path(__file__).parents[1] / "tools" / "export_net.py")
+    root = Path(__file__).parents[1]
+    args = ["--config", str(root / "configs" / "instant" / "x3d_synthetic.yaml")]
+    opts = ["model.input_clip_length=4", "model.input_crop_size=32", "model.frames=[4,2]", "model.crops=[32,24]",
+            "model.depth_factor=0.25"]
+    model = build_model(load_config(args[1], opts))
+    cfg = SubnetConfig(0.5, 2, 24)
+    calibrate_bn(model, [torch.randn(2, 3, 4, 32, 32, generator=torch.Generator().manual_seed(3))], [cfg],
+                 num_batches=1)
+    ckpt = save_weights({"model": model.state_dict(), "iteration": 3}, tmp_path / "model_final.pth")
+    spec = importlib.util.spec_from_file_location("export_net", root / "tools" / "export_net.py")
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
     out = tmp_path / f"sub.{fmt}"
-    assert tool.main(["--config", "x.yaml", "--checkpoint", str(ckpt), "--width", "0.5", "--frames", "2",
-                      "--crop", "24", "--format", fmt, "--output", str(out), "--fold-bn"]) == 0
-    assert "BN folded: 4" in capsys.readouterr().out and out.stat().st_size > 1000
-    x = example_inputs(model, SubnetConfig(0.5, 2, 24), seed=4)
+    args += ["--checkpoint", str(ckpt), "--width", "0.5", "--frames", "2", "--format", fmt, "--output", str(out)]
+    assert tool.main([*args, "--crop", "24", "--fold-bn", *opts]) == 0
+    assert "BN folded:" in capsys.readouterr().out and out.stat().st_size > 1000
+    x = example_inputs(model, cfg, seed=4)
     if fmt == "torchscript":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
@@ -329,10 +341,11 @@ def test_export_net_cli_with_stand_ins(tmp_path, monkeypatch, capsys, fmt):
     else:
         ort = pytest.importorskip("onnxruntime")
         got = torch.from_numpy(ort.InferenceSession(str(out)).run(None, {"input": x.numpy()})[0])
-    torch.testing.assert_close(got, _reference(model, SubnetConfig(0.5, 2, 24), x), rtol=1e-4, atol=1e-4)
-    with pytest.raises(ValueError, match="crop=40"):
-        tool.main(["--config", "x.yaml", "--checkpoint", str(ckpt), "--width", "0.5", "--frames", "2",
-                   "--crop", "40", "--format", fmt, "--output", str(out)])
+    torch.testing.assert_close(got, _reference(model, cfg, x), rtol=1e-4, atol=1e-4)
+    assert tool.main([*args, "--crop", "40", *opts]) == 2
+    assert "crop=40" in capsys.readouterr().err
+    assert tool.main([*args, "--crop", "24"]) == 2  # the config's own model: the checkpoint does not fit
+    assert "does not match the model" in capsys.readouterr().err
 
 
 def test_export_2d_network():

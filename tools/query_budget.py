@@ -11,7 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+
+try:
+    import mutualnet_video  # noqa: F401
+except ImportError:  # running from a source checkout without `pip install -e .`
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def main(argv: list[str] | None = None) -> int:

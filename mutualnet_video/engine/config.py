@@ -161,6 +161,25 @@ def _str_list(v: list) -> str | None:
     return None if all(isinstance(s, str) for s in v) else "must be a list of config tags like w1000_f4_c160"
 
 
+def _views(v: list) -> str | None:
+    if not v:
+        return "must list at least one view spec like 1x1"
+    for spec in v:
+        match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", spec) if isinstance(spec, str) else None
+        if match is None or int(match.group(1)) < 1:
+            return f"must be view specs TEMPORALxSPATIAL like 1x1 or 10x3 ({spec!r} is not)"
+        if int(match.group(2)) not in (1, 3):
+            return f"spatial crops per clip must be 1 or 3 ({spec!r})"
+    return None
+
+
+def _positive_list(kind: type | tuple[type, ...], name: str) -> Callable[[list], str | None]:
+    def check(v: list) -> str | None:
+        ok = bool(v) and all(isinstance(x, kind) and not isinstance(x, bool) and x > 0 for x in v)
+        return None if ok else f"must be a non-empty list of positive {name}"
+    return check
+
+
 _INT, _FLOAT, _BOOL, _STR = (int,), (float,), (bool,), (str,)
 _OPT_INT, _OPT_FLOAT, _OPT_STR = (int, _NONE), (float, _NONE), (str, _NONE)
 
@@ -230,7 +249,16 @@ SCHEMA: dict[str, Any] = {
     "eval": {
         "configs": Key((list, _NONE), None, _str_list, "config tags evaluated at the end; default: corners"),
         "calib_batches": Key(_INT, 9, _gt(0), "BN calibration batches per config (paper: 9)"),
-        "max_batches": Key(_OPT_INT, None, _gt(0), "cap on validation batches"),
+        "max_batches": Key(_OPT_INT, None, _gt(0), "cap on validation / test batches"),
+        # tools/test_net.py (the budget table); the grid is widths x frames x crops x views
+        "widths": Key((list, _NONE), None, _positive_list((int, float), "numbers"),
+                      "test widths (default: the model space's evaluation widths)"),
+        "frames": Key((list, _NONE), None, _positive_list(int, "ints"), "test frame counts (default: the space's)"),
+        "crops": Key((list, _NONE), None, _positive_list(int, "ints"), "test crop sizes (default: the space's)"),
+        "views": Key((list,), ["1x1"], _views, "test views per video, TEMPORALxSPATIAL (SPATIAL 1 or 3)"),
+        "clip_duration": Key(_OPT_FLOAT, None, _gt(0),
+                             "seconds per test clip (default: data.val's); needed for more than one temporal view"),
+        "batch_size": Key(_OPT_INT, None, _gt(0), "test clips per batch (default: data.val_batch_size / batch_size)"),
     },
 }
 

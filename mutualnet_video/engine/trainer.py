@@ -487,6 +487,10 @@ class Trainer:
         )
         return [_to_device(split_batch(stream.next())[0], self.device) for _ in range(num_batches)]
 
+    def final_evaluation(self, *, configs: Sequence[SubnetConfig] | None = None) -> list[dict[str, Any]]:
+        """Calibrate BN and evaluate a few configurations (see :func:`final_evaluation`)."""
+        return final_evaluation(self, configs=configs)
+
     def close(self) -> None:
         """Leave the process group if this trainer created it."""
         if self._owns_process_group:
@@ -495,61 +499,99 @@ class Trainer:
 
 
 def default_eval_configs(space) -> list[SubnetConfig]:
-    """The corners of the space: full, narrowest at full resolution, full width at the lowest, smallest."""
-    full, small = space.full(), space.smallest()
-    candidates = [
-        full,
-        SubnetConfig(small.width, full.frames, full.crop),
-        SubnetConfig(full.width, small.frames, small.crop),
-        small,
-    ]
-    return list(dict.fromkeys(candidates))
+    """Full, a middle one and the smallest configuration of ``space`` (distinct, in that order).
+
+    The middle one: the median evaluation width at the middle frame count and crop
+    (rounded towards the larger), e.g. ``(0.75, 4, 48)`` for ``[0.5, 1] x {4, 2} x {48, 32}``.
+    """
+    widths = sorted(space.widths)
+    middle = SubnetConfig(widths[len(widths) // 2], space.frames[(len(space.frames) - 1) // 2],
+                          space.crops[(len(space.crops) - 1) // 2])
+    return list(dict.fromkeys([space.full(), middle, space.smallest()]))
+
+
+def _eval_batches(loader: Any, device: torch.device) -> Iterator[dict[str, Any]]:
+    """Batches as the evaluator reads them: dicts with ``video``, ``label``, ``video_index``,
+    ``clip_index`` and ``aug_index`` (a single-view dataset without the last three gets a
+    running video index and view 0)."""
+    seen = 0
+    for batch in loader:
+        video, labels = split_batch(batch)
+        n = labels.numel()
+        out = dict(batch) if isinstance(batch, Mapping) else {}
+        out.update(video=_to_device(video, device), label=labels)
+        if "video_index" not in out:
+            out["video_index"] = torch.arange(seen, seen + n)
+        for key in ("clip_index", "aug_index"):
+            out.setdefault(key, torch.zeros(n, dtype=torch.long))
+        seen += n
+        yield out
 
 
 def final_evaluation(trainer: Trainer, *, configs: Sequence[SubnetConfig] | None = None) -> list[dict[str, Any]]:
-    """After training: calibrate BN per configuration and evaluate a few configurations.
+    """After training: calibrate BN per configuration, evaluate a few configurations.
 
-    INTEGRATION POINT. Uses ``mutualnet_video.evaluation.calibrate_bn(model, batches,
-    configs, num_batches=...)`` when that helper exists (``batches``: training clip
-    batches ``(N, C, T, H, W)`` at the full frames/crop, on the device); otherwise only
-    the full configuration is evaluated with its shared running statistics. Prints a
-    table on rank 0 and returns its rows.
+    ``configs`` default to ``eval.configs`` (tags), else full / middle / smallest
+    (:func:`default_eval_configs`). Runs ``mutualnet_video.evaluation.calibrate_bn`` on
+    ``eval.calib_batches`` training batches (one decoded batch serves every
+    configuration), then ``evaluate_configs`` on the validation data (one view per video,
+    at most ``eval.max_batches`` batches), counting GFLOPs with ``count_flops``. Under
+    DDP each rank calibrates on its own batches and evaluates its shard; the hits are
+    summed over the ranks. Prints the table on rank 0, logs ``final/<tag>/top1|top5``,
+    and returns one row per configuration: ``{"config" (tag), "width", "frames", "crop",
+    "gflops", "top1", "top5", "videos", "calibrated"}``. A model without a ConfigSpace is
+    evaluated once, as it is (``"calibrated": False``).
     """
     if trainer.val_dataset is None:
         return []
+    from ..evaluation import calibrate_bn, evaluate_configs
+
     space = trainer.space
-    try:
-        from mutualnet_video.evaluation import calibrate_bn  # written by the evaluation helper
-    except ImportError:
-        calibrate_bn = None
     rows: list[dict[str, Any]] = []
-    if space is None or calibrate_bn is None:
+    if space is None:
         result = trainer.evaluate()
-        rows.append({"config": "full" if space is None else space.full().tag, "calibrated": False, **result})
+        rows.append({"config": "full", "width": None, "frames": None, "crop": None, "gflops": None,
+                     "top1": result["top1"], "top5": result["top5"], "videos": result["clips"],
+                     "calibrated": False})
     else:
         if configs is None:
             tags = trainer.cfg["eval"]["configs"]
             configs = [SubnetConfig.from_tag(t) for t in tags] if tags else default_eval_configs(space)
+        configs = list(dict.fromkeys(configs))
         for cfg in configs:
             space.validate(cfg)
         num = trainer.cfg["eval"]["calib_batches"]
-        calibrate_bn(trainer.model, trainer.calibration_batches(num), list(configs), num_batches=num)
-        for cfg in configs:
-            rows.append({"config": cfg.tag, "calibrated": True, **trainer.evaluate(cfg)})
+        calibrate_bn(trainer.model, trainer.calibration_batches(num), configs, num_batches=num, device=trainer.device)
+        records = evaluate_configs(
+            trainer.model, _eval_batches(trainer.val_loader(), trainer.device), configs, views=("1x1",),
+            device=trainer.device, progress=False, require_calibrated=True,
+            max_batches=trainer.cfg["eval"]["max_batches"],
+        )
+        for r in records:
+            top1, top5, videos = all_reduce_sum(
+                [r.top1 * r.num_videos / 100.0, r.top5 * r.num_videos / 100.0, float(r.num_videos)], trainer.device)
+            if videos == 0:
+                raise RuntimeError("the validation dataset yielded no clip: check data.val")
+            rows.append({"config": r.config.tag, "width": r.width, "frames": r.frames, "crop": r.crop,
+                         "gflops": r.gflops_per_view, "top1": 100.0 * top1 / videos, "top5": 100.0 * top5 / videos,
+                         "videos": int(round(videos)), "calibrated": True})
     if trainer.is_main:
         print(format_table(rows))
         trainer.writer = MetricsWriter(trainer.output_dir, tensorboard=False, enabled=True)
         for row in rows:
             trainer.writer.write(trainer.iteration, {f"final/{row['config']}/top1": row["top1"],
                                                      f"final/{row['config']}/top5": row["top5"]})
+        trainer.writer.close()
     return rows
 
 
 def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    lines = [f"{'config':<18} {'BN':<10} {'top1':>7} {'top5':>7} {'clips':>7}"]
+    """The final-evaluation table: configuration, BN statistics, GFLOPs (one clip), accuracy."""
+    lines = [f"{'config':<18} {'BN':<10} {'GFLOPs':>9} {'top1':>7} {'top5':>7} {'videos':>7}"]
     for r in rows:
-        lines.append(f"{r['config']:<18} {'calibrated' if r['calibrated'] else 'shared':<10} "
-                     f"{r['top1']:7.2f} {r['top5']:7.2f} {r['clips']:7d}")
+        gflops = "-" if r["gflops"] is None else f"{r['gflops']:.4f}"
+        lines.append(f"{r['config']:<18} {'calibrated' if r['calibrated'] else 'shared':<10} {gflops:>9} "
+                     f"{r['top1']:7.2f} {r['top5']:7.2f} {r['videos']:7d}")
     return "\n".join(lines)
 
 

@@ -15,7 +15,7 @@ from .calibration import NotCalibratedError, calibrate_bn, check_calibrated, mis
 from .evaluator import evaluate_configs
 from .flops import count_flops, count_params
 from .multiview import MultiViewAccumulator, ViewSpec, aggregate_views, topk_correct, view_indices, view_mask
-from .runner import calibrated_path, load_weights, run_budgets, save_weights
+from .runner import CheckpointMismatchError, calibrated_path, load_weights, run_budgets, save_weights
 
 evaluate = evaluate_configs  # the name the contract plans
 
@@ -23,6 +23,7 @@ __all__ = [
     "count_flops",
     "count_params",
     "BudgetRecord",
+    "CheckpointMismatchError",
     "MultiViewAccumulator",
     "NotCalibratedError",
     "ViewSpec",

@@ -23,42 +23,69 @@ from .budgets import BudgetRecord, format_table, plot_budgets, save_budgets
 from .calibration import calibrate_bn
 from .evaluator import FlopsFn, evaluate_configs
 
-__all__ = ["load_weights", "save_weights", "calibrated_path", "run_budgets"]
+__all__ = ["CheckpointMismatchError", "load_weights", "save_weights", "calibrated_path", "run_budgets"]
+
+
+class CheckpointMismatchError(RuntimeError):
+    """A checkpoint's keys or shapes do not match the model (the message names them)."""
+
+
+_STATE_KEYS = ("model", "model_state", "state_dict", "model_state_dict")
 
 
 def _state_dict_of(payload: Any, path: Path) -> dict[str, torch.Tensor]:
-    if isinstance(payload, dict) and "model" in payload and isinstance(payload["model"], dict):
-        payload = payload["model"]
-    if not isinstance(payload, dict) or not all(isinstance(k, str) for k in payload):
-        raise ValueError(f"{path}: not a state dict nor a checkpoint with a 'model' state dict")
-    if payload and all(k.startswith("module.") for k in payload):  # saved from a DDP wrapper
+    """The model state dict of a plain state dict, a Trainer checkpoint (``"model"``) or a
+    PyTorchVideo model-zoo checkpoint (``"model_state"``)."""
+    if isinstance(payload, dict):
+        for key in _STATE_KEYS:
+            inner = payload.get(key)
+            if isinstance(inner, dict) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+                payload = inner
+                break
+    if not isinstance(payload, dict) or not payload or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in payload.items()):
+        top = sorted(payload)[:10] if isinstance(payload, dict) else type(payload).__name__
+        raise ValueError(f"{path}: neither a state dict nor a checkpoint holding one under "
+                         f"{' / '.join(_STATE_KEYS)} (found {top})")
+    if all(k.startswith("module.") for k in payload):  # saved from a DDP wrapper
         payload = {k[len("module."):]: v for k, v in payload.items()}
     return payload
 
 
+def _listed(keys: list[str]) -> str:
+    return ", ".join(keys[:10]) + (f", ... ({len(keys)} in all)" if len(keys) > 10 else "")
+
+
 def load_weights(model: nn.Module, path: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> dict:
-    """Load ``path`` (a state dict, or a checkpoint dict with ``"model"``) into ``model``, strictly.
+    """Load ``path`` into ``model``, strictly; ``torch.load(weights_only=True)``.
+
+    ``path`` holds a plain state dict, a Trainer checkpoint (``{"model": ..., "optimizer":
+    ..., ...}``, e.g. ``output_dir/model_final.pth``), or a PyTorchVideo model-zoo
+    checkpoint (``{"model_state": ...}``). Per-configuration BN statistics
+    (``*.config_stats.*``) load when present and are not required.
 
     Returns the whole checkpoint payload. Raises ``FileNotFoundError`` naming the path and
-    ``RuntimeError`` naming the missing / unexpected / mis-shaped keys.
+    :class:`CheckpointMismatchError` naming the missing / unexpected / mis-shaped keys.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     payload = torch.load(path, map_location=map_location, weights_only=True)
     state = _state_dict_of(payload, path)
-    expected = {k for k in model.state_dict() if ".config_stats." not in k}
+    own = model.state_dict()
+    expected = {k for k in own if ".config_stats." not in k}
     given = {k for k in state if ".config_stats." not in k}
     missing, unexpected = sorted(expected - given), sorted(given - expected)
-    if missing or unexpected:
-        raise RuntimeError(
-            f"{path} does not match the model: missing keys {missing[:10]}{' ...' if len(missing) > 10 else ''}, "
-            f"unexpected keys {unexpected[:10]}{' ...' if len(unexpected) > 10 else ''}"
-        )
+    shapes = [f"{k} (checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)})"
+              for k in sorted(expected & given) if state[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        problems = [f"{label}: {_listed(keys)}" for label, keys in
+                    (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatch", shapes)) if keys]
+        raise CheckpointMismatchError(f"{path} does not match the model: " + "; ".join(problems))
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise RuntimeError(f"{path}: {e}") from None
+        raise CheckpointMismatchError(f"{path}: {e}") from None
     return payload if isinstance(payload, dict) else {"model": state}
 
 

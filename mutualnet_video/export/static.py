@@ -254,6 +254,8 @@ def export_subnet(
 
     BN statistics are those calibrated for ``cfg`` (``SlimBatchNorm.config_stats``); a
     layer without them gets the shared running buffers' leading slice, with a warning.
+    PyTorchVideo's ``Swish`` (X3D; ``x * sigmoid(x)`` as a Python autograd Function,
+    which a traced TorchScript module cannot save) becomes the same ``nn.SiLU``.
     """
     space = get_space(model)
     if space is not None:
@@ -323,6 +325,9 @@ def export_subnet(
         for conv_name, bn_name in pairs.items():
             _set(exported, conv_name, _fold(exported.get_submodule(conv_name), exported.get_submodule(bn_name)))
             _set(exported, bn_name, nn.Identity())
+        for name, module in list(exported.named_modules()):
+            if name and _is_pytorchvideo_swish(module):  # a Python autograd Function: TorchScript cannot save it
+                _set(exported, name, nn.SiLU())
         for module in exported.modules():
             if "config_space" in vars(module):
                 delattr(module, "config_space")
@@ -339,6 +344,11 @@ def export_subnet(
         return exported
     finally:
         model.train(was_training)
+
+
+def _is_pytorchvideo_swish(module: nn.Module) -> bool:
+    cls = type(module)
+    return cls.__name__ == "Swish" and cls.__module__.startswith("pytorchvideo.")
 
 
 # -- serialisation ---------------------------------------------------------------------
