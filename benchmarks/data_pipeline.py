@@ -106,7 +106,7 @@ def main() -> None:
         paths = sorted(glob.glob(os.path.join(folder, "*.mp4")))
         frames, crops = args.frames or (16, 8), args.crops or (160, 112)
     else:
-        root = args.root or os.path.join(tmp.name, "synthetic")
+        root = os.path.abspath(args.root) if args.root else os.path.join(tmp.name, "synthetic")
         info = make_synthetic_kinetics(root)
         with open(info["train_csv"]) as f:
             paths = [os.path.join(root, line.split()[0]) for line in f.read().splitlines()[: args.videos]]
