@@ -86,8 +86,10 @@ class _SlimWeightMixin(SlimmableModule):
     parameters are unchanged: the key holds each parameter's address and ``_version``,
     so an in-place update (optimizer step, ``load_state_dict``) or a replaced tensor
     (``.data =``, ``assign=True``) rebuilds it; ``_apply`` (``.to``, ``.half``) drops it.
-    With autograd on, the weight is sliced on every call and the gradient reaches the
-    shared full tensor.
+    One slice per layer (the last one); it also holds aliases of the full tensors, so a
+    replaced weight's storage lives until the next call. With autograd on (and a
+    trainable weight or bias), the weight is sliced on every call and the gradient
+    reaches the shared full tensor.
     """
 
     _inference_slice: tuple | None = None
