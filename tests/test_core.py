@@ -341,3 +341,173 @@ def test_inference_slice_cache_follows_weight_updates():
     out.sum().backward()
     assert conv.weight.grad is not None and conv.weight.grad[:48, :24].abs().sum() > 0
     assert conv.weight.grad[48:].abs().sum() == 0
+
+
+# -- inference caches: exact, and they follow every update -----------------------------
+HALF = SubnetConfig(0.5, None, 8)
+
+
+def _dw_conv() -> SlimConv2d:
+    torch.manual_seed(0)
+    return SlimConv2d(32, 32, 3, padding=1, groups=32, bias=True).eval()
+
+
+def _bn() -> SlimBatchNorm2d:
+    torch.manual_seed(0)
+    bn = SlimBatchNorm2d(32)
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 1.5), bn.bias.normal_(), bn.running_mean.normal_(), bn.running_var.uniform_(0.5, 2)
+    return bn.eval()
+
+
+def test_cached_inference_outputs_are_bit_identical_to_the_sliced_calls():
+    """The cached paths run the very call the slicing code ran: same bits."""
+    torch.manual_seed(0)
+    conv = SlimConv2d(24, 40, 3, padding=1, bias=True).eval()
+    dw, bn, fc = _dw_conv(), _bn(), SlimLinear(40, 10).eval()
+    for m in (conv, dw, bn, fc):
+        set_config(m, HALF)
+    x, y, z = torch.randn(2, 16, 8, 8), torch.randn(2, 16, 8, 8), torch.randn(3, 24)
+    with torch.no_grad():
+        for _ in range(2):  # first call fills the caches, the second reads them
+            assert torch.equal(conv(x), F.conv2d(x, conv.weight[:24, :16].contiguous(), conv.bias[:24], padding=1))
+            assert torch.equal(dw(y), F.conv2d(y, dw.weight[:16], dw.bias[:16], padding=1, groups=16))
+            assert torch.equal(bn(y), F.batch_norm(y, bn.running_mean[:16], bn.running_var[:16], bn.weight[:16],
+                                                   bn.bias[:16], False, 0.1, bn.eps))
+            assert torch.equal(fc(z), F.linear(z, fc.weight[:, :24].contiguous(), fc.bias))
+        set_config(bn, None)
+        w = torch.randn(2, 32, 8, 8)
+        assert torch.equal(bn(w), nn.BatchNorm2d.forward(bn, w))  # full width: the nn forward's bits
+
+
+@pytest.mark.parametrize("width", [1.0, 0.75, 0.5])
+def test_no_grad_forward_equals_autograd_forward_bitwise(width):
+    """A small net: the cached (no-grad) path gives the bits of the sliced (autograd) path."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        SlimConv2d(3, 32, 3, padding=1, bias=False), SlimBatchNorm2d(32), nn.ReLU(),
+        SlimConv2d(32, 32, 3, padding=1, groups=32, bias=False), SlimBatchNorm2d(32), nn.ReLU(),
+        SlimConv2d(32, 48, 1, bias=True), SlimBatchNorm2d(48), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        SlimLinear(48, 10),
+    )
+    for m in model.modules():
+        if isinstance(m, SlimBatchNorm2d):
+            with torch.no_grad():
+                m.running_mean.normal_(), m.running_var.uniform_(0.5, 2), m.weight.uniform_(0.5, 1.5)
+    model.eval()
+    set_config(model, SubnetConfig(width, None, 8))
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        cached = [model(x) for _ in range(2)]
+    reference = model(x).detach()
+    assert torch.equal(cached[0], reference) and torch.equal(cached[1], reference)
+
+
+def test_depthwise_and_bn_caches_follow_in_place_updates_and_loads():
+    dw, bn = _dw_conv(), _bn()
+    set_config(dw, HALF), set_config(bn, HALF)
+    x = torch.randn(1, 16, 6, 6)
+
+    def check():
+        torch.testing.assert_close(dw(x), F.conv2d(x, dw.weight[:16], dw.bias[:16], padding=1, groups=16),
+                                   rtol=0, atol=0)
+        torch.testing.assert_close(bn(x), F.batch_norm(x, bn.running_mean[:16], bn.running_var[:16],
+                                                       bn.weight[:16], bn.bias[:16], False, 0.0, bn.eps),
+                                   rtol=0, atol=0)
+
+    with torch.no_grad():
+        check()
+        before = dw(x), bn(x)
+        dw.weight.mul_(2.0), dw.bias.add_(1.0)  # in place: an optimizer step
+        bn.weight.mul_(2.0), bn.running_mean.add_(1.0), bn.running_var.mul_(3.0)
+        check()
+        assert not torch.equal(dw(x), before[0]) and not torch.equal(bn(x), before[1])
+        dw.load_state_dict({"weight": torch.randn(32, 1, 3, 3), "bias": torch.randn(32)})
+        bn.load_state_dict(_bn().state_dict() | {"bias": torch.randn(32)})
+        check()
+        dw.weight.data = torch.randn(32, 1, 3, 3)  # a replaced tensor (same version counter)
+        bn.running_var.data = torch.rand(32) + 0.5
+        check()
+        dw.load_state_dict({"weight": torch.randn(32, 1, 3, 3), "bias": torch.randn(32)}, assign=True)
+        check()
+    # an optimizer step between two no-grad forwards
+    optimizer = torch.optim.SGD(list(dw.parameters()) + list(bn.parameters()), lr=0.5)
+    bn.train()
+    bn(dw(x)).square().sum().backward()
+    bn.eval()
+    with torch.no_grad():
+        before = dw(x), bn(x)
+        optimizer.step()
+        check()
+        assert not torch.equal(dw(x), before[0]) and not torch.equal(bn(x), before[1])
+
+
+def test_caches_follow_width_dtype_and_slim_out():
+    dw, bn = _dw_conv(), _bn()
+    conv = SlimConv2d(32, 48, 1, bias=False).eval()
+    with torch.no_grad():
+        for width, channels in ((0.5, 16), (0.75, 24), (1.0, 32), (0.5, 16)):
+            cfg = SubnetConfig(width, None, 8)
+            set_config(dw, cfg), set_config(bn, cfg), set_config(conv, cfg)
+            x = torch.randn(1, channels, 4, 4)
+            assert dw(x).shape[1] == channels and bn(x).shape[1] == channels
+            assert conv(x).shape[1] == scale_channels(48, width)
+        # the caches keep one slice per layer: the last one
+        assert dw._inference_slice[1].shape[0] == 16 and conv._inference_slice[1].shape == (24, 16, 1, 1)
+        conv.slim_out = False  # the active outputs depend on it
+        assert conv(x).shape[1] == 48
+        dw.double(), bn.double()  # new tensors: the cached slices are dropped
+        x = x.double()
+        torch.testing.assert_close(dw(x), F.conv2d(x, dw.weight[:16], dw.bias[:16], padding=1, groups=16))
+        assert bn(x).dtype == torch.float64
+
+
+def test_bn_cache_follows_stored_statistics_and_train_mode():
+    bn = _bn()
+    set_config(bn, HALF)
+    x = torch.randn(4, 16, 3, 3) * 2 + 1
+    shared = F.batch_norm(x, bn.running_mean[:16], bn.running_var[:16], bn.weight[:16], bn.bias[:16], False, 0., bn.eps)
+    with torch.no_grad():
+        torch.testing.assert_close(bn(x), shared)
+        mean, var = torch.randn(16), torch.rand(16) + 0.5
+        bn.store_stats(HALF, mean, var)
+        stored = F.batch_norm(x, mean, var, bn.weight[:16], bn.bias[:16], False, 0., bn.eps)
+        torch.testing.assert_close(bn(x), stored)
+        bn.store_stats(HALF, mean + 1, var)  # new statistics for the same configuration
+        torch.testing.assert_close(bn(x), F.batch_norm(x, mean + 1, var, bn.weight[:16], bn.bias[:16], False, 0., bn.eps))
+        bn.load_state_dict(bn.state_dict() | {f"config_stats.{HALF.tag}.running_mean": mean})
+        torch.testing.assert_close(bn(x), stored)
+        bn.clear_stats()
+        torch.testing.assert_close(bn(x), shared)
+    # train mode: batch statistics, the shared buffers' leading slice is updated
+    bn.train()
+    ref = nn.BatchNorm2d(16)
+    with torch.no_grad():
+        ref.load_state_dict({k: v[:16] if v.dim() else v for k, v in bn.state_dict().items()})
+    tail_mean = bn.running_mean[16:].clone()
+    with torch.no_grad():
+        torch.testing.assert_close(bn(x), ref(x))
+    torch.testing.assert_close(bn.running_mean[:16], ref.running_mean)
+    assert torch.equal(bn.running_mean[16:], tail_mean)
+    bn.eval()
+    with torch.no_grad():  # eval again: the updated running statistics
+        torch.testing.assert_close(bn(x), ref.eval()(x))
+
+
+def test_gradients_reach_the_shared_weights_with_caches_filled():
+    dw, bn = _dw_conv(), _bn()
+    set_config(dw, HALF), set_config(bn, HALF)
+    x = torch.randn(2, 16, 5, 5)
+    with torch.no_grad():
+        dw(x), bn(x)  # fill the caches
+    bn(dw(x)).sum().backward()  # eval, autograd on: sliced views of the shared parameters
+    for p in (dw.weight, dw.bias, bn.weight, bn.bias):
+        assert p.grad is not None and p.grad[:16].abs().sum() > 0 and p.grad[16:].abs().sum() == 0
+    # a frozen weight with a trainable bias: the bias still gets its gradient
+    conv = SlimConv2d(32, 32, 1, bias=True)
+    set_config(conv, HALF)
+    conv.weight.requires_grad_(False)
+    with torch.no_grad():
+        conv(x)
+    conv(x).sum().backward()
+    assert conv.bias.grad is not None and conv.bias.grad[:16].abs().sum() > 0

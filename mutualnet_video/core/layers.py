@@ -46,10 +46,15 @@ class SlimmableModule:
     """Mixin of every layer that follows the active :class:`SubnetConfig`."""
 
     subnet: SubnetConfig | None = None
+    # What the forward needs of the active configuration, computed once per configuration
+    # (``(subnet, ...)``; rebuilt whenever ``subnet`` is another object). Class default: a
+    # module unpickled from an older version has no instance value.
+    _slim_state: tuple | None = None
 
     def set_subnet(self, cfg: SubnetConfig | None) -> None:
         """Follow ``cfg`` (``None``: the full layer). Called by ``set_config``."""
         self.subnet = cfg
+        self._slim_state = None
 
     @property
     def width(self) -> float:
@@ -68,13 +73,26 @@ def _check_in_splits(in_splits: Sequence[Sequence] | None, in_features: int, nam
     return splits
 
 
-class _SlimWeightMixin(SlimmableModule):
-    """Shared slicing for conv and linear layers (weight dims: out, in, ...)."""
+def _tensor_key(t: torch.Tensor | None) -> tuple[int, int] | None:
+    """What identifies ``t``'s values for a cache: storage address and in-place version."""
+    return None if t is None else (t.data_ptr(), t._version)
 
-    slim_out: bool
-    in_splits: InSplits | None
-    _full_in: int
-    _full_out: int
+
+class _SlimWeightMixin(SlimmableModule):
+    """Shared slicing for conv and linear layers (weight dims: out, in, ...).
+
+    Without autograd (``torch.no_grad`` / ``inference_mode``), the last sliced weight and
+    bias are kept, contiguous, while the configuration, the input channels and the
+    parameters are unchanged: the key holds each parameter's address and ``_version``,
+    so an in-place update (optimizer step, ``load_state_dict``) or a replaced tensor
+    (``.data =``, ``assign=True``) rebuilds it; ``_apply`` (``.to``, ``.half``) drops it.
+    One slice per layer (the last one); it also holds aliases of the full tensors, so a
+    replaced weight's storage lives until the next call. With autograd on (and a
+    trainable weight or bias), the weight is sliced on every call and the gradient
+    reaches the shared full tensor.
+    """
+
+    _inference_slice: tuple | None = None
 
     def _init_slim(self, slim_out: bool, in_splits, full_in: int, full_out: int) -> None:
         self.slim_out = bool(slim_out)
@@ -83,8 +101,29 @@ class _SlimWeightMixin(SlimmableModule):
         self.in_splits = _check_in_splits(in_splits, full_in, type(self).__name__)
         self._index_cache: dict[tuple[float, int], torch.Tensor] = {}
 
+    def __setattr__(self, name: str, value) -> None:
+        super().__setattr__(name, value)
+        if name in ("slim_out", "in_splits"):  # the active channels depend on them
+            self._drop_caches()
+
+    def _drop_caches(self) -> None:
+        self.__dict__["_slim_state"] = None
+        self.__dict__["_inference_slice"] = None
+
+    def _apply(self, fn, recurse=True):  # new tensors (device, dtype): drop the cached slice
+        self._drop_caches()
+        return super()._apply(fn, recurse)  # type: ignore[misc]
+
     def active_out(self) -> int:
         return scale_channels(self._full_out, self.width) if self.slim_out else self._full_out
+
+    def _state(self) -> tuple:
+        """``(subnet, full width, active outputs)`` of the active configuration."""
+        state = self._slim_state
+        if state is None or state[0] is not self.subnet:
+            state = (self.subnet, self.width == 1.0, self.active_out())
+            self.__dict__["_slim_state"] = state
+        return state
 
     def _split_index(self, in_active: int) -> torch.Tensor | None:
         """Indices of the active inputs when the input is a concatenation, else None."""
@@ -114,32 +153,37 @@ class _SlimWeightMixin(SlimmableModule):
                 f"{self._full_in} the layer was built for"
             )
 
-    def _sliced_weight(self, in_active: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if torch.is_grad_enabled() and self.weight.requires_grad:
-            return self._slice_weight(in_active)
-        # Inference: keep the last slice, contiguous, while the weights are unchanged
-        # (saves a weight copy per call; any in-place update bumps ``_version``).
-        bias = self.bias
-        key = (self.width, in_active, self.weight.data_ptr(), self.weight._version,
-               None if bias is None else (bias.data_ptr(), bias._version))
-        cached = getattr(self, "_inference_slice", None)
+    def _sliced_weight(self, in_active: int, depthwise: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Weight ``[:out, :in]`` (or its in_splits columns) and bias ``[:out]``.
+
+        A depthwise conv passes ``depthwise=True``: ``out = in_active`` and the weight's
+        input dim (1) is kept.
+        """
+        weight, bias = self._parameters["weight"], self._parameters["bias"]
+        if torch.is_grad_enabled() and (weight.requires_grad or (bias is not None and bias.requires_grad)):
+            return self._slice_weight(in_active, depthwise)
+        key = (self._state(), in_active, depthwise, _tensor_key(weight), _tensor_key(bias))
+        cached = self._inference_slice
         if cached is None or cached[0] != key:
-            weight, bias = self._slice_weight(in_active)
+            # the detached aliases keep the sources' storage alive: no new tensor can take
+            # their address while the cache holds them
+            sources = (weight.detach(), None if bias is None else bias.detach())
+            weight, bias = self._slice_weight(in_active, depthwise)
             # detach: a view made under no_grad still reports requires_grad
-            cached = (key, weight.detach().contiguous(), None if bias is None else bias.detach())
-            self._inference_slice = cached
+            cached = (key, weight.detach().contiguous(), None if bias is None else bias.detach(), sources)
+            self.__dict__["_inference_slice"] = cached
         return cached[1], cached[2]
 
-    def _slice_weight(self, in_active: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        out_active = self.active_out()
+    def _slice_weight(self, in_active: int, depthwise: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        out_active = in_active if depthwise else self._state()[2]
         weight = self.weight[:out_active]
-        index = self._split_index(in_active)
+        index = None if depthwise else self._split_index(in_active)
         if index is not None:
             if index.device != weight.device:
                 index = index.to(weight.device)
                 self._index_cache[(self.width, in_active)] = index
             weight = weight.index_select(1, index)
-        elif in_active != weight.shape[1]:
+        elif not depthwise and in_active != weight.shape[1]:
             weight = weight[:, :in_active]
         bias = None if self.bias is None else self.bias[:out_active]
         return weight, bias
@@ -170,21 +214,23 @@ class _SlimConvNd(_SlimWeightMixin):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         in_active = x.shape[1]
-        if self.width == 1.0 and in_active == self.in_channels:  # every part of in_splits is full
-            return super().forward(x)
+        state = self._slim_state
+        if state is None or state[0] is not self.subnet:
+            state = self._state()
+        if state[1] and in_active == self._full_in:  # full width, every part of in_splits is full
+            return self._conv_forward(x, self.weight, self.bias)  # = nn.ConvNd.forward
         self._check_in(in_active)
         if self._depthwise:
-            out_active = self.active_out() if self.slim_out else in_active
+            out_active = state[2] if self.slim_out else in_active
             if out_active != in_active:
                 raise RuntimeError(
                     f"{type(self).__name__}: depthwise conv got {in_active} channels at width "
                     f"{self.width:g}, which gives {out_active} outputs"
                 )
-            weight = self.weight[:out_active]
-            bias = None if self.bias is None else self.bias[:out_active]
-            return self._conv_forward(x, weight, bias, groups=out_active)
+            weight, bias = self._sliced_weight(in_active, depthwise=True)
+            return self._conv_forward(x, weight, bias, out_active)
         weight, bias = self._sliced_weight(in_active)
-        return self._conv_forward(x, weight, bias, groups=1)
+        return self._conv_forward(x, weight, bias, 1)
 
 
 class SlimConv2d(_SlimConvNd, nn.Conv2d):
@@ -216,8 +262,11 @@ class SlimLinear(_SlimWeightMixin, nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         in_active = x.shape[-1]
-        if self.width == 1.0 and in_active == self.in_features:  # every part of in_splits is full
-            return super().forward(x)
+        state = self._slim_state
+        if state is None or state[0] is not self.subnet:
+            state = self._state()
+        if state[1] and in_active == self._full_in:  # full width, every part of in_splits is full
+            return F.linear(x, self.weight, self.bias)  # = nn.Linear.forward
         self._check_in(in_active)
         weight, bias = self._sliced_weight(in_active)
         return F.linear(x, weight, bias)
@@ -257,11 +306,6 @@ class SlimBatchNorm(SlimmableModule):
     def clear_stats(self) -> None:
         self.config_stats.clear()
 
-    def _apply(self, fn, recurse=True):  # keep stored statistics on the module's device/dtype
-        result = super()._apply(fn, recurse)  # type: ignore[misc]
-        self.config_stats = {tag: (fn(m), fn(v)) for tag, (m, v) in self.config_stats.items()}
-        return result
-
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         super()._save_to_state_dict(destination, prefix, keep_vars)  # type: ignore[misc]
         for tag, (mean, var) in sorted(self.config_stats.items()):
@@ -293,12 +337,68 @@ class SlimBatchNorm(SlimmableModule):
         )
 
     # -- forward ----------------------------------------------------------------------
+    _eval_cache: tuple | None = None
+
+    def _apply(self, fn, recurse=True):  # keep stored statistics on the module's device/dtype
+        self.__dict__["_eval_cache"] = None
+        result = super()._apply(fn, recurse)  # type: ignore[misc]
+        self.config_stats = {tag: (fn(m), fn(v)) for tag, (m, v) in self.config_stats.items()}
+        return result
+
+    def _stored_stats(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The statistics stored for the active configuration (eval only), else None."""
+        state = self._slim_state
+        if state is None or state[0] is not self.subnet:
+            state = (self.subnet, None if self.subnet is None else self.subnet.tag)
+            self.__dict__["_slim_state"] = state
+        return None if state[1] is None else self.config_stats.get(state[1])
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training and not torch.is_grad_enabled():
+            out = self._inference_forward(x)
+            if out is not None:
+                return out
+        return self._slim_forward(x)
+
+    def _inference_forward(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Eval without autograd on cached leading slices; None where it does not apply.
+
+        The slices of weight, bias and running statistics are detached views (a leading
+        slice of a 1-D tensor is contiguous), which keep their storage alive; the cache key
+        holds each tensor's address and ``_version`` and the stored statistics' identity,
+        so the cache follows any update or replaced tensor. Same call as the general path
+        (``F.batch_norm`` in eval), same output.
+        """
+        params, buffers = self._parameters, self._buffers
+        running_mean, running_var = buffers["running_mean"], buffers["running_var"]
+        stored = self._stored_stats()
+        if stored is None and (running_mean is None or running_var is None):
+            return None  # batch statistics: the general path
         self._check_input_dim(x)  # type: ignore[attr-defined]
         channels = x.shape[1]
-        stored = None
-        if not self.training and self.subnet is not None:
-            stored = self.config_stats.get(self.subnet.tag)
+        weight, bias = params["weight"], params["bias"]
+        # stored statistics by identity (the cache holds them, so the ids stay theirs)
+        key = (channels, None if stored is None else (id(stored[0]), id(stored[1])),
+               _tensor_key(weight), _tensor_key(bias),
+               None if stored is not None else (_tensor_key(running_mean), _tensor_key(running_var)))
+        cached = self._eval_cache
+        if cached is None or cached[0] != key:
+            if channels > self.num_features or (stored is not None and stored[0].numel() != channels):
+                return None  # the general path raises
+            if stored is not None:
+                mean, var = stored
+            else:
+                mean, var = running_mean.detach()[:channels], running_var.detach()[:channels]
+            cached = (key, mean, var,
+                      None if weight is None else weight.detach()[:channels],
+                      None if bias is None else bias.detach()[:channels])
+            self.__dict__["_eval_cache"] = cached
+        return F.batch_norm(x, cached[1], cached[2], cached[3], cached[4], False, 0.0, self.eps)
+
+    def _slim_forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input_dim(x)  # type: ignore[attr-defined]
+        channels = x.shape[1]
+        stored = None if self.training else self._stored_stats()
         if stored is None and channels == self.num_features:
             return super().forward(x)  # type: ignore[misc]
         if channels > self.num_features:
