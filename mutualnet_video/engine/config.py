@@ -298,6 +298,17 @@ def resolve_target(name: str, *, path: str = "_target_") -> Callable:
     raise ConfigError(f"{path}: cannot import {name!r}")
 
 
+def accepts_kwarg(fn: Callable, name: str) -> bool:
+    """Whether ``fn(..., name=...)`` can be called: ``name`` is a parameter or ``fn`` takes
+    ``**kwargs`` (False if ``fn`` has no signature). Used to pass ``space``/``rank``/... to
+    dataset callables that take them."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind == inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
 def _accepted_kwargs(fn: Callable) -> set[str] | None:
     """Keyword names ``fn`` accepts; None if it takes ``**kwargs`` it does not declare.
 

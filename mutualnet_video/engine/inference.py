@@ -37,7 +37,7 @@ from ..evaluation import (
     run_budgets,
     save_weights,
 )
-from .config import ConfigError, build_model, instantiate, resolve_target
+from .config import ConfigError, accepts_kwarg, build_model, instantiate, resolve_target
 
 __all__ = [
     "TestResult",
@@ -106,16 +106,6 @@ def eval_views(cfg: Mapping[str, Any], views: Sequence[str] | str | None = None)
     return specs
 
 
-def _accepts(fn: Any, name: str) -> bool:
-    import inspect
-
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-    return name in params or any(p.kind == inspect.Parameter.VAR_KEYWORD for p in params.values())
-
-
 def _dataset(cfg: Mapping[str, Any], split: str, space: ConfigSpace, *, optional: Mapping[str, Any] | None = None,
              required: Mapping[str, Any] | None = None) -> Any:
     """Instantiate ``data.<split>`` with ``space``, the ``optional`` kwargs its callable
@@ -126,12 +116,12 @@ def _dataset(cfg: Mapping[str, Any], split: str, space: ConfigSpace, *, optional
     node = dict(node)
     fn = resolve_target(node["_target_"], path=f"data.{split}._target_")
     for key, value in (required or {}).items():
-        if not _accepts(fn, key):
+        if not accepts_kwarg(fn, key):
             raise ConfigError(f"data.{split}._target_: {node['_target_']} takes no {key!r}, needed for "
                               f"{key}={value!r} (use e.g. mutualnet_video.data.kinetics_dataset)")
         node[key] = value
-    node.update({k: v for k, v in (optional or {}).items() if _accepts(fn, k)})
-    extra = {"space": space} if _accepts(fn, "space") else {}
+    node.update({k: v for k, v in (optional or {}).items() if accepts_kwarg(fn, k)})
+    extra = {"space": space} if accepts_kwarg(fn, "space") else {}
     return instantiate(node, _path=f"data.{split}", **extra)
 
 

@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from ..core import SubnetConfig, clip_for_config, distillation_loss, get_space, use_config
 from .checkpoint import MutualCheckpointer, capture_rng_state, restore_rng_state
-from .config import ConfigError, build_model, dump_config, instantiate, resolve_target
+from .config import ConfigError, accepts_kwarg, build_model, dump_config, instantiate, resolve_target
 from .distributed import (
     all_reduce_sum,
     barrier,
@@ -92,16 +92,6 @@ class _GeneratorState:
 
 def _is_map_style(dataset: Dataset) -> bool:
     return not isinstance(dataset, IterableDataset) and hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")
-
-
-def _accepts(fn: Callable, name: str) -> bool:
-    import inspect
-
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-    return name in params or any(p.kind == inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
 class _BatchStream:
@@ -292,11 +282,11 @@ class Trainer:
             return None
         fn = resolve_target(node["_target_"], path=f"data.{split}._target_")
         extra: dict[str, Any] = {}
-        if _accepts(fn, "space") and self.space is not None:
+        if accepts_kwarg(fn, "space") and self.space is not None:
             extra["space"] = self.space
-        if "seed" not in node and _accepts(fn, "seed"):  # e.g. kinetics_dataset's per-epoch shuffle
+        if "seed" not in node and accepts_kwarg(fn, "seed"):  # e.g. kinetics_dataset's per-epoch shuffle
             extra["seed"] = self.cfg["train"]["seed"]
-        if _accepts(fn, "rank") and _accepts(fn, "world_size"):
+        if accepts_kwarg(fn, "rank") and accepts_kwarg(fn, "world_size"):
             extra.update(rank=self.rank, world_size=self.world_size)
         elif self.world_size > 1:
             dataset = instantiate(node, _path=f"data.{split}", **extra)
