@@ -8,7 +8,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["MetricsWriter", "topk_correct"]
+__all__ = ["MetricsWriter"]
 
 
 class MetricsWriter:
@@ -49,11 +49,3 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     return value
-
-
-def topk_correct(logits, targets, ks: tuple[int, ...] = (1, 5)) -> list[int]:
-    """Number of samples whose target is among the top-k logits, for each k (capped at classes)."""
-    maxk = min(max(ks), logits.shape[-1])
-    top = logits.topk(maxk, dim=-1).indices
-    hits = top.eq(targets.view(-1, 1))
-    return [int(hits[:, : min(k, maxk)].any(dim=-1).sum()) for k in ks]

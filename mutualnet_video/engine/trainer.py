@@ -33,6 +33,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from ..core import SubnetConfig, clip_for_config, distillation_loss, get_space, use_config
+from ..evaluation import topk_correct
 from .checkpoint import MutualCheckpointer, capture_rng_state, restore_rng_state
 from .config import ConfigError, accepts_kwarg, build_model, dump_config, instantiate, resolve_target
 from .distributed import (
@@ -44,7 +45,7 @@ from .distributed import (
     init_distributed,
     resolve_device,
 )
-from .metrics import MetricsWriter, topk_correct
+from .metrics import MetricsWriter
 from .mutual import SandwichSampler, SingleSampler, mutual_step
 from .optim import build_lr_scheduler, build_optimizer
 
@@ -458,9 +459,9 @@ class Trainer:
                 inputs = video if cfg is None else clip_for_config(video, cfg, slowfast_alpha=self.space.slowfast_alpha)
                 with torch.autocast(device_type=self.device.type, enabled=self.amp):
                     logits = self.model(inputs)
-                top1, top5 = topk_correct(logits.float(), labels, (1, 5))
-                counts[0] += top1
-                counts[1] += top5
+                correct = topk_correct(logits.float(), labels, (1, 5))
+                counts[0] += correct[1]
+                counts[1] += correct[5]
                 counts[2] += labels.numel()
         top1, top5, total = all_reduce_sum(counts, self.device)
         self.model.train(was_training)
