@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..io import atomic_write_text
+
 __all__ = ["SYNTHETIC_CLASSES", "make_synthetic_kinetics", "render_clip"]
 
 logger = logging.getLogger(__name__)
@@ -272,17 +274,11 @@ def make_synthetic_kinetics(
     for split, lines in csv_lines.items():
         # Interleave classes so that a prefix of the file is balanced.
         lines.sort(key=lambda line: (line.rsplit("_", 1)[-1], line))
-        _atomic_write(root / f"{split}.csv", "".join(f"{line}\n" for line in lines))
+        atomic_write_text(root / f"{split}.csv", "".join(f"{line}\n" for line in lines))
         files[f"{split}.csv"] = (root / f"{split}.csv").stat().st_size
-    _atomic_write(root / "classes.txt", "".join(f"{c}\n" for c in classes))
+    atomic_write_text(root / "classes.txt", "".join(f"{c}\n" for c in classes))
     files["classes.txt"] = (root / "classes.txt").stat().st_size
-    _atomic_write(root / "manifest.json",
+    atomic_write_text(root / "manifest.json",
                   json.dumps({"version": _MANIFEST_VERSION, "params": params, "files": files}, indent=1))
     logger.info("wrote synthetic dataset (%d train, %d val videos) to %s", info["num_train"], info["num_val"], root)
     return {**info, "reused": False}
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

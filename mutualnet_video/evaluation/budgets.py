@@ -14,7 +14,6 @@ import json
 import math
 import os
 import statistics
-import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from contextlib import nullcontext
@@ -26,6 +25,7 @@ import torch
 from torch import nn
 
 from ..core import SubnetConfig, dummy_input, get_space, slimmable_modules, use_config
+from ..io import atomic_write_text
 
 __all__ = [
     "BudgetRecord",
@@ -183,18 +183,6 @@ def select_config(table: Sequence[BudgetRecord] | str | os.PathLike, *, max_gflo
 
 
 # -- files -----------------------------------------------------------------------------
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_budgets(records: Sequence[BudgetRecord], directory: str | os.PathLike, *,
                  meta: dict[str, Any] | None = None) -> tuple[Path, Path]:
     """Write ``budgets.json`` and ``budgets.csv`` into ``directory`` (atomically); returns both paths."""
@@ -202,7 +190,7 @@ def save_budgets(records: Sequence[BudgetRecord], directory: str | os.PathLike, 
     fieldnames = [f.name for f in fields(BudgetRecord)]
     payload = {"version": _FORMAT_VERSION, "meta": meta or {}, "records": [r.to_dict() for r in records]}
     json_path, csv_path = directory / "budgets.json", directory / "budgets.csv"
-    _atomic_write(json_path, json.dumps(payload, indent=2) + "\n")
+    atomic_write_text(json_path, json.dumps(payload, indent=2) + "\n")
     lines: list[str] = []
 
     class _Sink:
@@ -213,7 +201,7 @@ def save_budgets(records: Sequence[BudgetRecord], directory: str | os.PathLike, 
     writer.writeheader()
     for r in records:
         writer.writerow({k: ("" if v is None else v) for k, v in r.to_dict().items()})
-    _atomic_write(csv_path, "".join(lines))
+    atomic_write_text(csv_path, "".join(lines))
     return json_path, csv_path
 
 

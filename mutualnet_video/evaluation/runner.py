@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import torch
 from torch import nn
 
 from ..core import SubnetConfig
+from ..io import atomic_path
 from .budgets import BudgetRecord, format_table, plot_budgets, save_budgets
 from .calibration import calibrate_bn
 from .evaluator import FlopsFn, evaluate_configs
@@ -92,14 +92,8 @@ def load_weights(model: nn.Module, path: str | os.PathLike, *, map_location: str
 def save_weights(payload: dict[str, Any], path: str | os.PathLike) -> Path:
     """``torch.save`` to a temporary file in the same folder, then ``os.replace`` (atomic)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
     return path
 
 

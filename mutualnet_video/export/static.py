@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from torch import nn
 
 from ..core import SlimBatchNorm, SlimmableModule, SubnetConfig, dummy_input, get_space, use_config
 from ..core.layers import _SlimConvNd
+from ..io import atomic_path
 
 __all__ = ["export_subnet", "example_inputs", "export_torchscript", "export_onnx", "has_slim_layers"]
 
@@ -352,13 +352,6 @@ def _is_pytorchvideo_swish(module: nn.Module) -> bool:
 
 
 # -- serialisation ---------------------------------------------------------------------
-def _atomic_target(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    return Path(tmp)
-
-
 def _as_args(inputs: ModelInput) -> tuple:
     return (_fresh(inputs),)
 
@@ -374,12 +367,8 @@ def export_torchscript(module: nn.Module, inputs: ModelInput, path: str | os.Pat
         traced = torch.jit.trace(module, _as_args(inputs), check_trace=False)  # checked below, on fresh lists
         torch.testing.assert_close(_tensors(traced(_fresh(inputs))), _tensors(module(_fresh(inputs))),
                                    msg=lambda m: f"the traced module differs from the module: {m}")
-    tmp = _atomic_target(path)
-    try:
+    with atomic_path(path) as tmp:
         traced.save(str(tmp))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -402,13 +391,8 @@ def export_onnx(module: nn.Module, inputs: ModelInput, path: str | os.PathLike, 
         raise ValueError(f"{len(input_names)} input names for {len(tensors)} inputs")
     dynamic_axes = {n: {0: "batch"} for n in [*input_names, "logits"]} if dynamic_batch else None
     module.eval()
-    tmp = _atomic_target(path)
-    try:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", category=(FutureWarning, DeprecationWarning, UserWarning))
-            torch.onnx.export(module, _as_args(inputs), str(tmp), input_names=input_names, output_names=["logits"],
-                              dynamic_axes=dynamic_axes, opset_version=opset, dynamo=False)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as tmp, torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=(FutureWarning, DeprecationWarning, UserWarning))
+        torch.onnx.export(module, _as_args(inputs), str(tmp), input_names=input_names, output_names=["logits"],
+                          dynamic_axes=dynamic_axes, opset_version=opset, dynamo=False)
     return path
