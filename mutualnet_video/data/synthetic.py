@@ -279,6 +279,6 @@ def make_synthetic_kinetics(
     atomic_write_text(root / "classes.txt", "".join(f"{c}\n" for c in classes))
     files["classes.txt"] = (root / "classes.txt").stat().st_size
     atomic_write_text(root / "manifest.json",
-                  json.dumps({"version": _MANIFEST_VERSION, "params": params, "files": files}, indent=1))
+                      json.dumps({"version": _MANIFEST_VERSION, "params": params, "files": files}, indent=1))
     logger.info("wrote synthetic dataset (%d train, %d val videos) to %s", info["num_train"], info["num_val"], root)
     return {**info, "reused": False}
