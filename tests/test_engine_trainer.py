@@ -154,7 +154,13 @@ def test_epochs_validation_logs_and_final_table(tmp_path, capsys):
     assert os.path.isfile(tmp_path / "config.yaml") and os.path.isfile(tmp_path / "model_final.pth")
     rows = final_evaluation(trainer)
     assert rows and rows[0]["config"] == "w1000_f4_c32"
-    assert "top1" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "top1" in out and "top5" not in out  # 5 classes: every prediction is in the top 5
+    assert out.splitlines()[1].split()[3] == "1.00x"  # the full row's cost relative to itself
+    # the table, as written to output_dir/final_evaluation.json
+    saved = json.loads((tmp_path / "final_evaluation.json").read_text())
+    assert saved == {"rows": json.loads(json.dumps(rows))}
+    assert {"config", "width", "frames", "crop", "gflops", "top1", "top5"} <= set(saved["rows"][0])
     # full, middle, smallest; BN calibrated for each; the evaluator's GFLOPs and video counts
     from mutualnet_video.core import SlimBatchNorm, SubnetConfig
     from mutualnet_video.engine.trainer import default_eval_configs
@@ -166,6 +172,20 @@ def test_epochs_validation_logs_and_final_table(tmp_path, capsys):
     assert all(r["calibrated"] and r["videos"] == 4 and 0 <= r["top1"] <= r["top5"] <= 100 for r in rows)
     bns = [m for m in trainer.model.modules() if isinstance(m, SlimBatchNorm)]
     assert bns and all(bn.has_stats(SubnetConfig.from_tag(r["config"])) for r in rows for bn in bns)
+
+
+def test_final_table_shows_cost_relative_to_the_full_row_and_top5_above_5_classes():
+    from mutualnet_video.engine.trainer import format_table
+
+    rows = [{"config": "w1000_f8_c32", "calibrated": True, "gflops": 0.02, "top1": 90.0, "top5": 99.0, "videos": 8},
+            {"config": "w0500_f4_c24", "calibrated": True, "gflops": 0.005, "top1": 80.0, "top5": 97.5, "videos": 8}]
+    six = format_table(rows, num_classes=6).splitlines()
+    assert six[0].split() == ["config", "BN", "GFLOPs", "cost", "top1", "top5", "videos"]
+    assert six[1].split() == ["w1000_f8_c32", "calibrated", "0.0200", "1.00x", "90.00", "99.00", "8"]
+    assert six[2].split() == ["w0500_f4_c24", "calibrated", "0.0050", "0.25x", "80.00", "97.50", "8"]
+    five = format_table(rows, num_classes=5).splitlines()
+    assert five[0].split() == ["config", "BN", "GFLOPs", "cost", "top1", "videos"]
+    assert five[2].split() == ["w0500_f4_c24", "calibrated", "0.0050", "0.25x", "80.00", "8"]
 
 
 def test_single_mode_trains_full_config_only(tmp_path):

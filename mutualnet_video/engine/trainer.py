@@ -19,6 +19,7 @@ remaining batches on other workers after a mid-epoch resume, so its augmentation
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
@@ -34,6 +35,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from ..core import SubnetConfig, clip_for_config, distillation_loss, get_space, use_config
 from ..evaluation import topk_correct
+from ..io import atomic_write_text
 from .checkpoint import MutualCheckpointer, capture_rng_state, restore_rng_state
 from .config import ConfigError, accepts_kwarg, build_model, dump_config, instantiate, resolve_target
 from .distributed import (
@@ -530,8 +532,9 @@ def final_evaluation(trainer: Trainer, *, configs: Sequence[SubnetConfig] | None
     DDP each rank calibrates on its own batches and evaluates its shard; the hits are
     summed over the ranks. Prints the table on rank 0, logs ``final/<tag>/top1|top5``,
     and returns one row per configuration: ``{"config" (tag), "width", "frames", "crop",
-    "gflops", "top1", "top5", "videos", "calibrated"}``. A model without a ConfigSpace is
-    evaluated once, as it is (``"calibrated": False``).
+    "gflops", "top1", "top5", "videos", "calibrated"}``; rank 0 also writes them to
+    ``output_dir/final_evaluation.json`` (``{"rows": [...]}``, atomically). A model without
+    a ConfigSpace is evaluated once, as it is (``"calibrated": False``).
     """
     if trainer.val_dataset is None:
         return []
@@ -567,7 +570,9 @@ def final_evaluation(trainer: Trainer, *, configs: Sequence[SubnetConfig] | None
                          "gflops": r.gflops_per_view, "top1": 100.0 * top1 / videos, "top5": 100.0 * top5 / videos,
                          "videos": int(round(videos)), "calibrated": True})
     if trainer.is_main:
-        print(format_table(rows))
+        atomic_write_text(os.path.join(trainer.output_dir, "final_evaluation.json"),
+                          json.dumps({"rows": rows}, indent=1) + "\n")
+        print(format_table(rows, num_classes=_num_classes(trainer)))
         trainer.writer = MetricsWriter(trainer.output_dir, tensorboard=False, enabled=True)
         for row in rows:
             trainer.writer.write(trainer.iteration, {f"final/{row['config']}/top1": row["top1"],
@@ -576,13 +581,34 @@ def final_evaluation(trainer: Trainer, *, configs: Sequence[SubnetConfig] | None
     return rows
 
 
-def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """The final-evaluation table: configuration, BN statistics, GFLOPs (one clip), accuracy."""
-    lines = [f"{'config':<18} {'BN':<10} {'GFLOPs':>9} {'top1':>7} {'top5':>7} {'videos':>7}"]
+def _num_classes(trainer: Trainer) -> int | None:
+    """The classifier's class count: ``model.model_num_class`` / ``num_classes`` of the
+    config, else the out_features of the model's last ``nn.Linear``; None if unknown."""
+    node = trainer.cfg.get("model") or {}
+    for key in ("model_num_class", "num_classes"):
+        if isinstance(node.get(key), int):
+            return node[key]
+    linears = [m for m in trainer.model.modules() if isinstance(m, nn.Linear)]
+    return linears[-1].out_features if linears else None
+
+
+def format_table(rows: Sequence[Mapping[str, Any]], *, num_classes: int | None = None) -> str:
+    """The final-evaluation table: configuration, BN statistics, GFLOPs of one clip and its
+    ratio to the most expensive row (``cost``), top-1 and top-5 (%) and videos.
+
+    Top-5 is left out when ``num_classes <= 5``: every prediction is then in the top 5.
+    """
+    show_top5 = num_classes is None or num_classes > 5
+    costs = [r["gflops"] for r in rows if r["gflops"] is not None]
+    full = max(costs) if costs else None
+    head = f"{'config':<18} {'BN':<10} {'GFLOPs':>9} {'cost':>6} {'top1':>7}"
+    lines = [head + (f" {'top5':>7}" if show_top5 else "") + f" {'videos':>7}"]
     for r in rows:
         gflops = "-" if r["gflops"] is None else f"{r['gflops']:.4f}"
-        lines.append(f"{r['config']:<18} {'calibrated' if r['calibrated'] else 'shared':<10} {gflops:>9} "
-                     f"{r['top1']:7.2f} {r['top5']:7.2f} {r['videos']:7d}")
+        cost = "-" if r["gflops"] is None or not full else f"{r['gflops'] / full:.2f}x"
+        line = (f"{r['config']:<18} {'calibrated' if r['calibrated'] else 'shared':<10} {gflops:>9} {cost:>6} "
+                f"{r['top1']:7.2f}")
+        lines.append(line + (f" {r['top5']:7.2f}" if show_top5 else "") + f" {r['videos']:7d}")
     return "\n".join(lines)
 
 
