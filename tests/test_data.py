@@ -99,6 +99,22 @@ def _blob_track(clip: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return cy, cx, area
 
 
+def _stripe_shift(clip: np.ndarray) -> float:
+    """Mean shift (pixels, + down) of the texture inside the blob from frame i to i + 3,
+    relative to the blob's centroid: the lag that best aligns the rows' brightness profiles."""
+    cy, _, _ = _blob_track(clip)
+    shifts = []
+    for i in range(len(clip) - 3):
+        rows = []
+        for k in (i, i + 3):
+            gray = clip[k].astype(np.float64).sum(-1)
+            centre = int(round(cy[k]))
+            rows.append(gray[centre - 8:centre + 8, :].max(axis=1))  # 16 rows around the centroid
+        errors = {lag: np.mean((rows[1][4 + lag:12 + lag] - rows[0][4:12]) ** 2) for lag in range(-3, 4)}
+        shifts.append(min(errors, key=errors.get))
+    return float(np.mean(shifts))
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_synthetic_classes_are_defined_by_motion(seed):
     moves = {}
@@ -109,6 +125,13 @@ def test_synthetic_classes_are_defined_by_motion(seed):
     assert moves["move_up"][0] < -8 and moves["move_down"][0] > 8
     assert moves["move_left"][1] < -8 and moves["move_right"][1] > 8
     assert moves["grow"][2] > 1.8 and moves["shrink"][2] < 1 / 1.8
+    # stripes_*: the blob barely moves, the stripes inside it scroll down / up.
+    for name, sign in (("stripes_down", 1), ("stripes_up", -1)):
+        dy, dx, ratio = moves[name]
+        assert abs(dy) < 8 and abs(dx) < 8 and 0.8 < ratio < 1.25, (name, moves[name])
+        clip = render_clip(SYNTHETIC_CLASSES.index(name), frames=12, height=64, width=80,
+                           rng=np.random.default_rng(seed))
+        assert sign * _stripe_shift(clip) > 0.5, name
     # Time-reversed twins: the first frame of "up" is distributed like the last of "down".
     up = render_clip(0, frames=12, height=64, width=80, rng=np.random.default_rng(seed))
     assert up.shape == (12, 64, 80, 3) and up.dtype == np.uint8
@@ -116,7 +139,7 @@ def test_synthetic_classes_are_defined_by_motion(seed):
 
 def test_synthetic_rejects_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="num_classes"):
-        make_synthetic_kinetics(tmp_path, num_classes=9)
+        make_synthetic_kinetics(tmp_path, num_classes=11)
     with pytest.raises(ValueError, match="size"):
         make_synthetic_kinetics(tmp_path, size=(33, 40))
 

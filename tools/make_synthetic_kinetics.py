@@ -16,7 +16,7 @@ from mutualnet_video.data import make_synthetic_kinetics
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", required=True, help="output folder")
-    parser.add_argument("--num-classes", type=int, default=4, help="1..8; <= 4 keeps classes flip-invariant")
+    parser.add_argument("--num-classes", type=int, default=4, help="1..10; <= 4 keeps classes flip-invariant")
     parser.add_argument("--train-per-class", type=int, default=48)
     parser.add_argument("--val-per-class", type=int, default=12)
     parser.add_argument("--frames", type=int, default=32)

@@ -1,13 +1,18 @@
 """A tiny Kinetics-format dataset of synthetic action clips, defined by motion.
 
-Each clip shows one textured blob over a noisy background. Its class is the direction
-of a motion over time (up / down, growing / shrinking, then left / right and rotating
-clockwise / counter-clockwise), with a random start, speed, size, colours and an
-unrelated sideways drift. The position or size in one frame has the same distribution
-for a class and its time-reversed twin, so a single frame does not reveal the class:
-a network must compare frames. The first four classes are invariant to a horizontal
-flip (flip augmentation keeps their labels); the last four are not (the returned
-``flip_invariant`` says which case a dataset is in).
+Each clip shows one textured blob over a noisy background. Its class is a motion over
+time: the blob moves up / down, grows / shrinks, moves left / right; or it stays (up to a
+small drift) while fine horizontal stripes inside it scroll up / down; or it rotates
+clockwise / counter-clockwise. Start, speed, size, colours and an unrelated sideways drift
+are random. The position, size or texture in one frame has the same distribution for a
+class and its time-reversed twin, so a single frame does not reveal the class: a network
+must compare frames. The stripes need spatial detail (a period of about 8 px at 64 px,
+half that at a 32 px crop) and a few frames: they move by about a quarter of a period
+between 4 frames spread over the clip, a tenth between 8.
+
+The first four classes are invariant to a horizontal flip (flip augmentation keeps their
+labels); the others are not (the returned ``flip_invariant`` says which case a dataset
+is in): train those without ``horizontal_flip``.
 
 Layout (what ``kinetics_dataset`` and PyTorchVideo's ``LabeledVideoPaths`` read)::
 
@@ -42,12 +47,14 @@ SYNTHETIC_CLASSES: tuple[str, ...] = (
     "shrink",
     "move_left",
     "move_right",
+    "stripes_up",
+    "stripes_down",
     "rotate_cw",
     "rotate_ccw",
 )
 _FLIP_INVARIANT = 4  # the first 4 classes keep their label under a horizontal flip
 _MANIFEST_VERSION = 1
-_RENDERER_VERSION = 2  # bump when render_clip changes: stale datasets are rebuilt
+_RENDERER_VERSION = 6  # bump when render_clip changes: stale datasets are rebuilt
 
 
 def render_clip(label: int, *, frames: int, height: int, width: int,
@@ -61,11 +68,11 @@ def render_clip(label: int, *, frames: int, height: int, width: int,
 
     # Background: a random colour, static texture noise and a little per-frame noise.
     base = rng.uniform(20, 110, size=3)
-    background = base + rng.normal(0.0, 10.0, size=(height, width, 3))
+    background = base + rng.normal(0.0, 5.0, size=(height, width, 3))
     # A bright blob on a darker background (one contrast polarity).
     colour = rng.uniform(170, 255, size=3)
 
-    radius0 = rng.uniform(0.16, 0.22) * short
+    radius0 = rng.uniform(0.18, 0.24) * short
     radius = np.full(frames, radius0)
     angle = np.full(frames, rng.uniform(0, 2 * math.pi))
     if name in ("grow", "shrink"):
@@ -80,7 +87,7 @@ def render_clip(label: int, *, frames: int, height: int, width: int,
         # A trajectory inside [r_max, extent - r_max] whose start is random: the
         # positions of the up and down classes have the same marginal distribution.
         room = extent - 2 * r_max
-        dist = rng.uniform(0.6, 0.95) * room
+        dist = rng.uniform(0.75, 1.0) * room
         start = r_max + rng.uniform(0.0, room - dist)
         pos = start + dist * t
         return pos if sign > 0 else pos[::-1].copy()
@@ -88,7 +95,7 @@ def render_clip(label: int, *, frames: int, height: int, width: int,
     def _drift(extent: float) -> np.ndarray:
         # A small sideways drift of random direction (a distractor).
         room = extent - 2 * r_max
-        dist = rng.uniform(0.0, 0.25) * room
+        dist = rng.uniform(0.0, 0.15) * room
         start = r_max + rng.uniform(0.0, room - dist)
         pos = start + dist * t
         return pos if rng.random() < 0.5 else pos[::-1].copy()
@@ -103,8 +110,17 @@ def render_clip(label: int, *, frames: int, height: int, width: int,
         cx, cy = _travel(width, +1), _drift(height)
     else:
         cy, cx = _drift(height), _drift(width)
+    # stripes_*: the blob only drifts; stripes inside it scroll up or down (a fine texture
+    # whose motion only shows at enough resolution, and without aliasing at enough frames).
+    period = rng.uniform(10.0, 12.0) * short / 64
+    scroll = np.zeros(frames)
+    if name in ("stripes_up", "stripes_down"):
+        # Shift per 1/31 of the clip: 8 frames over the clip step 0.09-0.12 periods, 4 frames
+        # 0.21-0.29 (below half a period: the direction does not alias at 4 frames either).
+        step = rng.uniform(0.02, 0.028) * period
+        scroll = (1.0 if name == "stripes_down" else -1.0) * step * 31 * t
     if name in ("rotate_cw", "rotate_ccw"):
-        turn = rng.uniform(0.6, 1.2) * math.pi  # half a turn or so over the clip
+        turn = rng.uniform(0.8, 1.2) * math.pi  # half a turn or so over the clip
         # Image y points down, so a growing angle turns clockwise on screen.
         angle = angle + (turn * t if name == "rotate_cw" else -turn * t)
 
@@ -119,13 +135,17 @@ def render_clip(label: int, *, frames: int, height: int, width: int,
         cos, sin = math.cos(angle[i]), math.sin(angle[i])
         u = (dx * cos + dy * sin) / radius[i] * cells
         v = (-dx * sin + dy * cos) / radius[i] * cells
-        checker = (np.floor(u) + np.floor(v)) % 2
-        # A bright marker bar makes rotation visible even at low resolution.
-        bar = (np.abs(v) < 0.35 * cells) & (u > 0)
-        shade = 0.65 + 0.35 * checker[..., None]
-        blob = colour * shade
-        blob[bar] = 0.3 * colour
-        frame = background * (1 - inside) + blob * inside + rng.normal(0.0, 3.0, size=(height, width, 1))
+        if name in ("stripes_up", "stripes_down"):
+            # Horizontal stripes in image coordinates, moving with the blob plus the scroll.
+            phase = ((dy - scroll[i]) / period) % 1.0
+            blob = colour * np.where(phase < 0.5, 1.0, 0.5)[..., None]
+        else:
+            # Two shaded halves and a dark hand: the orientation shows even at low resolution.
+            half = v >= 0
+            bar = (np.abs(v) < 0.35 * cells) & (u > 0)
+            blob = colour * np.where(half, 1.0, 0.6)[..., None]
+            blob[bar] = 0.3 * colour
+        frame = background * (1 - inside) + blob * inside + rng.normal(0.0, 2.0, size=(height, width, 1))
         out[i] = np.clip(frame, 0, 255).astype(np.uint8)
     return out
 
@@ -201,7 +221,7 @@ def make_synthetic_kinetics(
 
     Args:
         root: output folder (created).
-        num_classes: 1..8; classes ``SYNTHETIC_CLASSES[:num_classes]``. Up to 4 the
+        num_classes: 1..10; classes ``SYNTHETIC_CLASSES[:num_classes]``. Up to 4 the
             classes are invariant to horizontal flips.
         train_per_class, val_per_class: videos per class in ``train.csv`` / ``val.csv``.
         frames, fps: length of each video (``frames / fps`` seconds).
