@@ -6,6 +6,7 @@ TensorBoard are imported lazily.
 """
 
 from .checkpoint import MutualCheckpointer, load_pretrained
+from .compare import METHODS, Comparison, compare_methods, plan_runs, write_comparison
 from .config import ConfigError, build_model, instantiate, load_config
 from .mutual import SandwichSampler, SingleSampler, mutual_step
 from .optim import build_lr_scheduler, build_optimizer, lr_multiplier, param_groups
@@ -29,4 +30,9 @@ __all__ = [
     "lr_multiplier",
     "param_groups",
     "convert_slim_sync_batchnorm",
+    "compare_methods",
+    "plan_runs",
+    "write_comparison",
+    "Comparison",
+    "METHODS",
 ]
