@@ -428,3 +428,33 @@ def test_synthetic_dataset_copy_is_relocatable(tiny, tmp_path):
     shutil.copytree(tiny["root"], copy)
     dataset = kinetics_dataset(data_path=copy, split="val", space=SPACE)
     assert all(p.startswith(str(copy)) for p, _ in dataset._labeled_videos._paths_and_labels)
+
+
+def test_cache_mb_serves_later_passes_from_memory_without_opening_the_videos(tiny, tmp_path, monkeypatch):
+    import shutil
+
+    from mutualnet_video.data import kinetics as kinetics_module
+
+    root = tmp_path / "copy"
+    shutil.copytree(tiny["root"], root)
+    opened = []
+    real_open = kinetics_module.open_video
+    monkeypatch.setattr(kinetics_module, "open_video", lambda path, **kw: opened.append(path) or real_open(path, **kw))
+    plain = [s["video"] for s in kinetics_dataset(data_path=str(root), split="val", space=SPACE)]
+    assert len(opened) == 4
+    cached = kinetics_dataset(data_path=str(root), split="val", space=SPACE, cache_mb=64)
+    first = [s["video"] for s in cached]
+    assert len(opened) == 8
+    shutil.rmtree(root / "videos")  # served from memory: the files are not read again
+    second = [s["video"] for s in cached]
+    assert len(opened) == 8 and cached.stats["failed"] == 0
+    for a, b, c in zip(plain, first, second):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+        torch.testing.assert_close(a, c, rtol=0, atol=0)
+    # cache_mb=0 (the default) keeps nothing: every pass opens the files again.
+    tiny_cache = kinetics_dataset(data_path=tiny["root"], split="val", space=SPACE, cache_mb=0)
+    list(tiny_cache)
+    list(tiny_cache)
+    assert len(opened) == 16
+    with pytest.raises(ValueError, match="cache_mb"):
+        kinetics_dataset(data_path=tiny["root"], split="val", space=SPACE, cache_mb=-1)

@@ -218,12 +218,18 @@ class VideoDataset(LabeledVideoDataset):
 
     The counters live in shared memory, so ``stats`` in the main process includes
     what DataLoader workers did.
+
+    ``cache_mb > 0`` keeps decoded clips (the frames the transform keeps, before the
+    transform) in memory, keyed by video and clip interval, up to that many MB: a video
+    read again at the same interval (whole-video clips of short videos, epoch after
+    epoch) is not opened or decoded again. The cache lives in the process that iterates
+    (with DataLoader workers, in each worker, for as long as the worker lives).
     """
 
     def __init__(self, labeled_videos: Sequence[tuple[str, int]], *, clip_sampler: ClipSampler,
                  transform: Callable[[dict], dict] | None, decoder: str = "pyav", rank: int = 0,
                  world_size: int = 1, shuffle: bool = False, seed: int = 0, clips_per_video: int = 1,
-                 data_path: str = "", num_frames: int | None = None) -> None:
+                 data_path: str = "", num_frames: int | None = None, cache_mb: int = 0) -> None:
         paths = LabeledVideoPaths(list(labeled_videos))
         sampler = partial(ShardedVideoSampler, rank=rank, world_size=world_size, shuffle=shuffle, seed=seed)
         super().__init__(paths, clip_sampler, sampler, transform, decode_audio=False, decoder=decoder)
@@ -234,6 +240,10 @@ class VideoDataset(LabeledVideoDataset):
         self._clips_decoded = torch.zeros(n, dtype=torch.int64).share_memory_()
         self._failed = torch.zeros(n, dtype=torch.bool).share_memory_()
         self._iterator: Iterator[dict] | None = None
+        if not isinstance(cache_mb, int) or cache_mb < 0:
+            raise ValueError(f"cache_mb must be a non-negative int, got {cache_mb!r}")
+        self._cache_bytes_left = cache_mb << 20
+        self._cache: dict[int, tuple[str, Any, dict[tuple[float, float], torch.Tensor]]] = {}
 
     # --- bookkeeping -------------------------------------------------------------------
     @property
@@ -285,7 +295,7 @@ class VideoDataset(LabeledVideoDataset):
             attempted += 1
             path, info = self._labeled_videos[video_index]
             try:
-                video = open_video(path, decoder=self._decoder, num_frames=self.num_frames)
+                video = self._open(video_index, path)
             except Exception as e:  # unreadable, corrupt, missing
                 self._fail(video_index, path, e)
                 last_error = (path, e)
@@ -322,6 +332,45 @@ class VideoDataset(LabeledVideoDataset):
         if attempted and not yielded and not in_worker:
             raise RuntimeError(_nothing_decoded_message(self, attempted, last_error))
 
+    def _open(self, video_index: int, path: str) -> Any:
+        """The video to read clips from: opened by the decoder, or (``cache_mb``) a view of
+        the decoded clips kept from an earlier pass that opens the file only on a miss."""
+        if not self._cache_bytes_left and video_index not in self._cache:
+            return open_video(path, decoder=self._decoder, num_frames=self.num_frames)
+        if video_index not in self._cache:
+            video = open_video(path, decoder=self._decoder, num_frames=self.num_frames)
+            self._cache[video_index] = (video.name, video.duration, {})
+            return _CachedVideo(self, video_index, path, video)
+        return _CachedVideo(self, video_index, path, None)
+
+
+class _CachedVideo:
+    """``get_clip`` from :attr:`VideoDataset._cache`, decoding (and keeping, while the
+    dataset's cache has room) what it does not hold."""
+
+    def __init__(self, dataset: VideoDataset, video_index: int, path: str, video: Any) -> None:
+        self.dataset, self.video_index, self.path, self._video = dataset, video_index, path, video
+        self.name, self.duration, self._clips = dataset._cache[video_index]
+
+    def get_clip(self, start: Any, end: Any) -> dict[str, Any] | None:
+        key = (float(start), float(end))
+        if key in self._clips:
+            return {"video": self._clips[key].clone()}
+        if self._video is None:
+            self._video = open_video(self.path, decoder=self.dataset._decoder, num_frames=self.dataset.num_frames)
+        clip = self._video.get_clip(start, end)
+        frames = None if clip is None else clip.get("video")
+        if frames is not None:
+            size = frames.numel() * frames.element_size()
+            if size <= self.dataset._cache_bytes_left:
+                self._clips[key] = frames.clone()
+                self.dataset._cache_bytes_left -= size
+        return clip
+
+    def close(self) -> None:
+        if self._video is not None:
+            self._video.close()
+
 
 def _nothing_decoded_message(dataset: VideoDataset, attempted: int, last_error: tuple[str, BaseException] | None) -> str:
     detail = f"; last error on {last_error[0]}: {last_error[1]}" if last_error else ""
@@ -349,6 +398,7 @@ def kinetics_dataset(
     seed: int = 0,
     shuffle: bool | None = None,
     check_files: bool = True,
+    cache_mb: int = 0,
 ) -> VideoDataset:
     """A Kinetics-format dataset yielding the full configuration's clip of ``space``.
 
@@ -372,6 +422,9 @@ def kinetics_dataset(
         seed, shuffle: train order is a seeded permutation per epoch (``set_epoch``);
             ``shuffle`` defaults to ``split == "train"``.
         check_files: fail fast, naming the CSV line, if a listed video does not exist.
+        cache_mb: keep up to this many MB of decoded clips in memory (see
+            :class:`VideoDataset`); for small sets of short videos read whole
+            (``clip_duration=None``) with ``num_workers: 0``.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -404,7 +457,8 @@ def kinetics_dataset(
         clip_sampler = ConstantClipsPerVideoSampler(clip_duration, temporal_clips, spatial_crops)
     return VideoDataset(entries, clip_sampler=clip_sampler, transform=transform, decoder=decoder, rank=rank,
                         world_size=world_size, shuffle=split == "train" if shuffle is None else shuffle, seed=seed,
-                        clips_per_video=temporal_clips * spatial_crops, data_path=csv_or_dir, num_frames=frames)
+                        clips_per_video=temporal_clips * spatial_crops, data_path=csv_or_dir, num_frames=frames,
+                        cache_mb=cache_mb)
 
 
 class VideoLoader(torch.utils.data.DataLoader):
