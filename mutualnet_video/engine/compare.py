@@ -68,11 +68,19 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..core import ConfigSpace, SubnetConfig, clip_for_config, get_space, scale_channels, slimmable_modules
 from ..evaluation import MultiViewAccumulator, calibrate_bn, count_flops, count_params, evaluate_configs
+from ..evaluation.budgets import save_figure
 from ..export import export_subnet
 from ..io import atomic_write_text
-from .config import ConfigError, accepts_kwarg, build_model, dump_config, instantiate, resolve_target
+from .config import ConfigError, build_model, dump_config
 from .mutual import SandwichSampler, SingleSampler
-from .trainer import Trainer, _eval_batches, default_eval_configs, seed_everything
+from .trainer import (
+    Trainer,
+    _eval_batches,
+    build_dataset,
+    default_eval_configs,
+    make_synthetic_data,
+    seed_everything,
+)
 
 __all__ = [
     "METHODS",
@@ -342,29 +350,12 @@ def compared_configs(cfg: Mapping[str, Any], space: ConfigSpace,
 
 
 # -- data ---------------------------------------------------------------------------------
-def _make_synthetic(cfg: Mapping[str, Any]) -> None:
-    """``data.synthetic``: write the dataset if ``root/train.csv`` is absent (as the Trainer does)."""
-    node = cfg["data"].get("synthetic")
-    if not node or os.path.isfile(os.path.join(node["root"], "train.csv")):
-        return
-    target = node.get("_target_", "mutualnet_video.data.make_synthetic_kinetics")
-    kwargs = {k: v for k, v in node.items() if k not in ("_target_", "root")}
-    logger.info("data.synthetic: writing a synthetic dataset to %s", node["root"])
-    resolve_target(target, path="data.synthetic._target_")(node["root"], **kwargs)
-
-
 def _build_split(cfg: Mapping[str, Any], split: str, *, space: ConfigSpace, seed: int) -> Dataset:
-    """``data.<split>`` built as the Trainer builds it on one process (``space``, ``seed`` if accepted)."""
-    node = cfg["data"].get(split)
-    if node is None:
+    """``data.<split>`` built as the Trainer builds it on one process; required here."""
+    dataset = build_dataset(cfg, split, space=space, seed=seed)
+    if dataset is None:
         raise ConfigError(f"data.{split}: required by the comparison (a dataset _target_ node)")
-    fn = resolve_target(node["_target_"], path=f"data.{split}._target_")
-    extra: dict[str, Any] = {}
-    if accepts_kwarg(fn, "space"):
-        extra["space"] = space
-    if "seed" not in node and accepts_kwarg(fn, "seed"):
-        extra["seed"] = seed
-    return instantiate(node, _path=f"data.{split}", **extra)
+    return dataset
 
 
 def _base_iters(cfg: Mapping[str, Any], dataset: Dataset) -> int:
@@ -711,7 +702,7 @@ def compare_methods(
     if cfg["data"].get("val") is None:
         raise ConfigError("data.val: required by the comparison (a dataset _target_ node)")
 
-    _make_synthetic(cfg)
+    make_synthetic_data(cfg)
     train_sets = {seed: _build_split(cfg, "train", space=space, seed=seed) for seed in seeds}
     val_set = _build_split(cfg, "val", space=space, seed=cfg["train"]["seed"])
     base = _base_iters(cfg, train_sets[seeds[0]])
@@ -857,11 +848,7 @@ def plot_comparison(records: Sequence[Mapping[str, Any]], path: str | os.PathLik
     ax.set_title(title or "top-1 vs GFLOPs")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
-    return path
+    return save_figure(fig, path)
 
 
 def write_comparison(comparison: Comparison, output_dir: str | os.PathLike) -> dict[str, Path]:

@@ -51,7 +51,8 @@ from .metrics import MetricsWriter
 from .mutual import SandwichSampler, SingleSampler, mutual_step
 from .optim import build_lr_scheduler, build_optimizer
 
-__all__ = ["Trainer", "seed_everything", "final_evaluation", "split_batch", "default_eval_configs"]
+__all__ = ["Trainer", "seed_everything", "final_evaluation", "split_batch", "default_eval_configs",
+           "build_dataset", "make_synthetic_data"]
 
 logger = logging.getLogger(__name__)
 
@@ -182,6 +183,46 @@ class _BatchStream:
         return {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "epoch_rng": self.epoch_rng}
 
 
+def make_synthetic_data(cfg: Mapping[str, Any]) -> None:
+    """``data.synthetic``: write the dataset (``_target_(root, **kwargs)``, default
+    ``make_synthetic_kinetics``) if ``root/train.csv`` is absent. Call it on one process."""
+    node = cfg["data"].get("synthetic")
+    if not node or os.path.isfile(os.path.join(node["root"], "train.csv")):
+        return
+    target = node.get("_target_", "mutualnet_video.data.make_synthetic_kinetics")
+    kwargs = {k: v for k, v in node.items() if k not in ("_target_", "root")}
+    logger.info("data.synthetic: writing a synthetic dataset to %s", node["root"])
+    resolve_target(target, path="data.synthetic._target_")(node["root"], **kwargs)
+
+
+def build_dataset(cfg: Mapping[str, Any], split: str, *, space: Any, seed: int, rank: int = 0,
+                  world_size: int = 1) -> Dataset | None:
+    """``data.<split>`` of ``cfg`` (``None`` if not configured), given the keywords its
+    callable accepts: ``space`` (if not None), ``seed`` (unless the node sets it) and
+    ``rank``/``world_size``. Raises ConfigError if an iterable dataset that takes no
+    rank/world_size would have to be sharded over several processes."""
+    node = cfg["data"].get(split)
+    if node is None:
+        return None
+    fn = resolve_target(node["_target_"], path=f"data.{split}._target_")
+    extra: dict[str, Any] = {}
+    if accepts_kwarg(fn, "space") and space is not None:
+        extra["space"] = space
+    if "seed" not in node and accepts_kwarg(fn, "seed"):  # e.g. kinetics_dataset's per-epoch shuffle
+        extra["seed"] = seed
+    if accepts_kwarg(fn, "rank") and accepts_kwarg(fn, "world_size"):
+        extra.update(rank=rank, world_size=world_size)
+    elif world_size > 1:
+        dataset = instantiate(node, _path=f"data.{split}", **extra)
+        if not _is_map_style(dataset):
+            raise ConfigError(
+                f"data.{split}._target_: {node['_target_']} takes no rank/world_size, so an iterable dataset "
+                "cannot be sharded over the DDP processes"
+            )
+        return dataset
+    return instantiate(node, _path=f"data.{split}", **extra)
+
+
 class Trainer:
     """Train a slimmable model with the sandwich rule from a validated config tree.
 
@@ -211,7 +252,9 @@ class Trainer:
         seed_everything(tcfg["seed"])
 
         if cfg["data"].get("synthetic") and train_dataset is None:
-            self._make_synthetic(cfg["data"]["synthetic"])
+            if self.is_main:
+                make_synthetic_data(cfg)
+            barrier()
         model = build_model(cfg) if model is None else model
         self.space = get_space(model)
         if cfg["mutual"]["mode"] == "mutual" and self.space is None:
@@ -270,36 +313,9 @@ class Trainer:
         self._rng_to_restore: dict | None = None
 
     # -- building -------------------------------------------------------------------------
-    def _make_synthetic(self, node: Mapping[str, Any]) -> None:
-        root = node["root"]
-        if self.is_main and not os.path.isfile(os.path.join(root, "train.csv")):
-            target = node.get("_target_", "mutualnet_video.data.make_synthetic_kinetics")
-            kwargs = {k: v for k, v in node.items() if k not in ("_target_", "root")}
-            logger.info("data.synthetic: writing a synthetic dataset to %s", root)
-            resolve_target(target, path="data.synthetic._target_")(root, **kwargs)
-        barrier()
-
     def _build_dataset(self, split: str) -> Dataset | None:
-        node = self.cfg["data"].get(split)
-        if node is None:
-            return None
-        fn = resolve_target(node["_target_"], path=f"data.{split}._target_")
-        extra: dict[str, Any] = {}
-        if accepts_kwarg(fn, "space") and self.space is not None:
-            extra["space"] = self.space
-        if "seed" not in node and accepts_kwarg(fn, "seed"):  # e.g. kinetics_dataset's per-epoch shuffle
-            extra["seed"] = self.cfg["train"]["seed"]
-        if accepts_kwarg(fn, "rank") and accepts_kwarg(fn, "world_size"):
-            extra.update(rank=self.rank, world_size=self.world_size)
-        elif self.world_size > 1:
-            dataset = instantiate(node, _path=f"data.{split}", **extra)
-            if not _is_map_style(dataset):
-                raise ConfigError(
-                    f"data.{split}._target_: {node['_target_']} takes no rank/world_size, so an iterable dataset "
-                    "cannot be sharded over the DDP processes"
-                )
-            return dataset
-        return instantiate(node, _path=f"data.{split}", **extra)
+        return build_dataset(self.cfg, split, space=self.space, seed=self.cfg["train"]["seed"], rank=self.rank,
+                             world_size=self.world_size)
 
     def _max_iters(self) -> int:
         ocfg = self.cfg["optim"]

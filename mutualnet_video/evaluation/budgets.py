@@ -35,6 +35,7 @@ __all__ = [
     "save_budgets",
     "load_budgets",
     "plot_budgets",
+    "save_figure",
     "format_table",
     "measure_latency",
 ]
@@ -240,6 +241,15 @@ def format_table(records: Sequence[BudgetRecord]) -> str:
     return "\n".join(rows)
 
 
+def save_figure(fig: Any, path: str | os.PathLike) -> Path:
+    """Lay out a matplotlib ``Figure`` and write it as a PNG to ``path`` (folders created)."""
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    return path
+
+
 def plot_budgets(records: Sequence[BudgetRecord], path: str | os.PathLike, *, cost: str = "gflops_per_video",
                  metric: str = "top1", title: str | None = None) -> Path:
     """Accuracy vs cost, one marker per views spec, the Pareto front drawn as a line (PNG)."""
@@ -270,11 +280,7 @@ def plot_budgets(records: Sequence[BudgetRecord], path: str | os.PathLike, *, co
     ax.set_title(title or f"{metric} vs {labels[cost]}")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
-    return path
+    return save_figure(fig, path)
 
 
 # -- latency ---------------------------------------------------------------------------
