@@ -75,15 +75,11 @@ def dense_model(model: nn.Module, cfg: SubnetConfig, x) -> nn.Module:
             m.set_subnet(cfg)
             c_in, c_out = shapes[name]
             if isinstance(m, SlimConv3d):
-                depthwise = m.groups > 1
-                if depthwise:
-                    weight, bias = m.weight[:c_out], None if m.bias is None else m.bias[:c_out]
-                else:
-                    weight, bias = m._sliced_weight(c_in)
+                weight, bias = m.active_weight(c_in)
                 new = nn.Conv3d(c_in, c_out, m.kernel_size, stride=m.stride, padding=m.padding, dilation=m.dilation,
-                                groups=c_out if depthwise else 1, bias=bias is not None)
+                                groups=c_out if m.is_depthwise else 1, bias=bias is not None)
             elif isinstance(m, SlimLinear):
-                weight, bias = m._sliced_weight(c_in)
+                weight, bias = m.active_weight(c_in)
                 new = nn.Linear(c_in, c_out, bias=bias is not None)
             else:
                 new = nn.BatchNorm3d(c_in, eps=m.eps, momentum=m.momentum)

@@ -17,6 +17,8 @@ from mutualnet_video.core import (
     SubnetConfig,
     attach_space,
     current_config,
+    detach_space,
+    get_space,
     make_divisible,
     scale_channels,
     set_config,
@@ -220,6 +222,89 @@ def test_in_splits_slice_each_part():
         SlimLinear(80, 10, in_splits=((64, True), (8, False)))
 
 
+# -- the public slicing API: configure_slicing, active_weight, is_depthwise -------------
+@pytest.mark.parametrize("splits, problem", [
+    (((64, True), (8, False)), "add up to 72 channels, but the layer has 80 inputs"),
+    (((64, True),), "add up to 64 channels"),
+    (((64,), (16, False)), r"pair \(channels, slim\).*got \(64,\)"),
+    (((64.5, True), (15.5, False)), r"positive integer, got \(64\.5, True\)"),
+    (((0, True), (80, False)), r"positive integer, got \(0, True\)"),
+    (((True, True), (79, False)), r"positive integer, got \(True, True\)"),
+    (("ab", (78, False)), "pair"),
+    ((), "in_splits is empty"),
+])
+def test_configure_slicing_refuses_bad_splits_naming_the_problem(splits, problem):
+    conv = SlimConv3d(80, 32, 1, in_splits=((64, True), (16, False)))
+    with pytest.raises(ValueError, match=rf"SlimConv3d: .*{problem}"):
+        conv.configure_slicing(slim_out=False, in_splits=splits)
+    assert conv.slim_out and conv.in_splits == ((64, True), (16, False))  # left unchanged
+    with pytest.raises(ValueError, match=problem):
+        SlimLinear(80, 10, in_splits=splits)
+
+
+def test_configure_slicing_sets_the_rule_and_drops_caches():
+    torch.manual_seed(0)
+    conv = SlimConv3d(80, 32, 1, bias=False).eval()
+    assert conv.slim_out and conv.in_splits is None and not conv.is_depthwise
+    set_config(conv, SubnetConfig(0.5, 4, 8))
+    with torch.no_grad():
+        assert conv(torch.randn(1, 40, 2, 4, 4)).shape[1] == 16  # leading 40 inputs, 16 outputs
+        conv.configure_slicing(slim_out=False, in_splits=[(64, True), (16, False)])
+        assert not conv.slim_out and conv.in_splits == ((64, True), (16, False))
+        x = torch.randn(1, 32 + 16, 2, 4, 4)
+        index = torch.cat([torch.arange(32), torch.arange(64, 80)])
+        torch.testing.assert_close(conv(x), F.conv3d(x, conv.weight[:, index]), rtol=0, atol=0)
+        conv.configure_slicing(slim_out=True, in_splits=None)
+        assert conv(torch.randn(1, 40, 2, 4, 4)).shape[1] == 16
+    with pytest.raises(AttributeError, match="slim_out"):
+        conv.slim_out = False  # read-only: configure_slicing is the one way
+    with pytest.raises(AttributeError, match="in_splits"):
+        conv.in_splits = None
+    depthwise = SlimConv2d(16, 16, 3, groups=16)
+    assert depthwise.is_depthwise
+    with pytest.raises(ValueError, match="SlimConv2d: a depthwise conv cannot take in_splits"):
+        depthwise.configure_slicing(slim_out=True, in_splits=((8, True), (8, True)))
+    assert depthwise.in_splits is None
+
+
+@pytest.mark.parametrize("width, slow_in, out", [(0.25, 16, 8), (0.5, 32, 16), (0.75, 48, 24), (1.0, 64, 32)])
+def test_active_weight_is_the_slice_of_the_width_rule(width, slow_in, out):
+    # by hand: width * channels rounded to a multiple of 8 (slow part 64 -> slow_in, outputs 32 -> out)
+    torch.manual_seed(0)
+    conv = SlimConv3d(80, 32, 1, in_splits=((64, True), (16, False)))
+    set_config(conv, SubnetConfig(width, 4, 8))
+    index = torch.cat([torch.arange(slow_in), torch.arange(64, 80)])  # the fast part is kept whole
+    weight, bias = conv.active_weight(slow_in + 16)
+    assert torch.equal(weight, conv.weight[:out][:, index]) and torch.equal(bias, conv.bias[:out])
+    if width == 1.0:
+        assert weight is conv.weight and bias is conv.bias
+    (weight.sum() + bias.sum()).backward()  # with autograd: the gradient reaches the shared tensors
+    expected = torch.zeros_like(conv.weight)
+    expected[:out, index] = 1.0
+    assert torch.equal(conv.weight.grad, expected) and conv.bias.grad.sum() == out
+    with torch.no_grad():
+        frozen, frozen_bias = conv.active_weight(slow_in + 16)
+    assert torch.equal(frozen, weight) and torch.equal(frozen_bias, bias) and frozen.is_contiguous()
+    with pytest.raises(RuntimeError, match="in_splits"):
+        conv.active_weight(slow_in + 8)
+
+
+def test_active_weight_of_a_classifier_and_a_depthwise_conv():
+    torch.manual_seed(0)
+    linear = SlimLinear(40, 10)  # a classifier keeps its 10 outputs
+    depthwise = SlimConv2d(48, 48, 3, groups=48)
+    set_config(linear, HALF), set_config(depthwise, HALF)
+    weight, bias = linear.active_weight(24)  # 40 * 0.5 = 20 -> 24
+    assert torch.equal(weight, linear.weight[:, :24]) and torch.equal(bias, linear.bias)
+    weight, bias = depthwise.active_weight(24)
+    assert weight.shape == (24, 1, 3, 3) and torch.equal(weight, depthwise.weight[:24])
+    assert torch.equal(bias, depthwise.bias[:24])
+    with pytest.raises(RuntimeError, match="depthwise conv got 16 channels at width 0.5, which gives 24"):
+        depthwise.active_weight(16)
+    with pytest.raises(RuntimeError, match="more than the 40"):
+        linear.active_weight(48)
+
+
 # -- per-configuration BatchNorm statistics -----------------------------------------
 def test_bn_config_stats_used_in_eval_and_saved():
     torch.manual_seed(0)
@@ -303,6 +388,21 @@ def test_use_config_switches_and_restores():
         with use_config(model, small):
             raise KeyError("boom")
     assert current_config(model) is None
+
+
+def test_get_and_detach_space():
+    model = _tiny_model()
+    space = get_space(model)
+    assert isinstance(space, ConfigSpace) and space.frames == (4, 2)
+    view = attach_space(nn.Sequential(model), space)  # a wrapper sharing the model and its space
+    assert get_space(view) is space
+    assert detach_space(view) is view
+    assert get_space(view) is None and get_space(model) is None  # its submodules' too
+    detach_space(view)  # nothing attached: a no-op
+    with pytest.raises(TypeError, match="ConfigSpace"):
+        attach_space(model, {"frames": (4,)})
+    with use_config(model, SubnetConfig(0.25, 8, 8)):  # no space: nothing to validate against
+        assert model(torch.randn(1, 3, 2, 8, 8)).shape[1] == 8
 
 
 def test_width_outside_space_is_an_error():
@@ -454,7 +554,7 @@ def test_caches_follow_width_dtype_and_slim_out():
             assert conv(x).shape[1] == scale_channels(48, width)
         # the caches keep one slice per layer: the last one
         assert dw._inference_slice[1].shape[0] == 16 and conv._inference_slice[1].shape == (24, 16, 1, 1)
-        conv.slim_out = False  # the active outputs depend on it
+        conv.configure_slicing(slim_out=False, in_splits=None)  # the active outputs depend on it
         assert conv(x).shape[1] == 48
         dw.double(), bn.double()  # new tensors: the cached slices are dropped
         x = x.double()

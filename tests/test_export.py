@@ -22,7 +22,7 @@ from mutualnet_video.core import (
     use_config,
 )
 from mutualnet_video.evaluation.calibration import calibrate_bn
-from mutualnet_video.export import example_inputs, export_onnx, export_subnet, export_torchscript
+from mutualnet_video.export import bn_fold_pairs, example_inputs, export_onnx, export_subnet, export_torchscript
 from mutualnet_video.testing import ToyX3D, toy_slowfast, toy_x3d
 
 CONFIGS = [SubnetConfig(1.0, 4, 32), SubnetConfig(0.75, 2, 32), SubnetConfig(0.5, 2, 24)]
@@ -68,7 +68,8 @@ def test_exported_equals_slimmable_at_every_config(make, fold_bn):
         if not fold_bn:  # same module names, sliced sizes
             assert set(static.state_dict()) == full_keys
         else:
-            assert static.folded_bn and all(isinstance(static.get_submodule(n), nn.Identity) for n in static.folded_bn)
+            folded = bn_fold_pairs(model, cfg).values()
+            assert folded and all(isinstance(static.get_submodule(n), nn.Identity) for n in folded)
     assert any(isinstance(m, SlimmableModule) for m in model.modules())  # the model itself is untouched
 
 
@@ -140,7 +141,8 @@ def test_fold_bn_only_where_a_conv_feeds_a_bn_alone():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         static = export_subnet(model, cfg, fold_bn=True)
-    assert static.folded_bn == ["bn_b"]
+    assert bn_fold_pairs(model, cfg) == {"conv_b": "bn_b"}
+    assert isinstance(static.bn_b, nn.Identity) and model.training  # the model's mode is restored
     assert isinstance(static.bn_a, nn.BatchNorm3d) and isinstance(static.bn_c, nn.BatchNorm3d)
     assert static.conv_b.bias is not None and static.bn_c.num_features == 16
     x = torch.randn(2, 3, 2, 16, 16)
@@ -212,7 +214,8 @@ def _check_two_configs(model, configs):
     for cfg, fold in zip(configs, (False, True)):
         static = export_subnet(model, cfg, fold_bn=fold)
         assert not any(isinstance(m, SlimmableModule) for m in static.modules())
-        assert bool(static.folded_bn) == fold
+        pairs = bn_fold_pairs(model, cfg)  # foldable pairs exist; only fold_bn=True folds them
+        assert pairs and all(isinstance(static.get_submodule(n), nn.Identity) == fold for n in pairs.values())
         x = example_inputs(model, cfg, seed=1)
         with torch.no_grad():
             torch.testing.assert_close(static(_copy(x)), _reference(model, cfg, x), rtol=1e-4, atol=1e-4)
@@ -332,7 +335,8 @@ def test_export_net_cli(tmp_path, capsys, fmt):
     out = tmp_path / f"sub.{fmt}"
     args += ["--checkpoint", str(ckpt), "--width", "0.5", "--frames", "2", "--format", fmt, "--output", str(out)]
     assert tool.main([*args, "--crop", "24", "--fold-bn", *opts]) == 0
-    assert "BN folded:" in capsys.readouterr().out and out.stat().st_size > 1000
+    folded = len(bn_fold_pairs(model, cfg))
+    assert folded and f"BN folded: {folded})" in capsys.readouterr().out and out.stat().st_size > 1000
     x = example_inputs(model, cfg, seed=4)
     if fmt == "torchscript":
         with warnings.catch_warnings():
@@ -360,6 +364,7 @@ def test_export_2d_network():
     cfg = SubnetConfig(0.5, None, 24)
     calibrate_bn(model, [torch.randn(4, 3, 32, 32)], [cfg], num_batches=1)
     static = export_subnet(model, cfg, fold_bn=True)
-    assert isinstance(static[0], nn.Conv2d) and static[3].groups == 8 and static.folded_bn == ["1", "4"]
+    assert isinstance(static[0], nn.Conv2d) and static[3].groups == 8 and bn_fold_pairs(model, cfg) == {"0": "1", "3": "4"}
+    assert isinstance(static[1], nn.Identity) and isinstance(static[4], nn.Identity)
     x = torch.randn(2, 3, 24, 24)
     torch.testing.assert_close(static(x), _reference(model, cfg, x), rtol=1e-4, atol=1e-4)

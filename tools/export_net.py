@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     from mutualnet_video.engine.config import ConfigError, load_config
     from mutualnet_video.engine.inference import load_model
     from mutualnet_video.evaluation import CheckpointMismatchError
-    from mutualnet_video.export import example_inputs, export_onnx, export_subnet, export_torchscript
+    from mutualnet_video.export import bn_fold_pairs, example_inputs, export_onnx, export_subnet, export_torchscript
 
     try:
         model, space, _ = load_model(load_config(args.config, args.opts), args.checkpoint)
@@ -52,13 +52,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"export_net: {e}", file=sys.stderr)
         return 2
     static = export_subnet(model, cfg, fold_bn=args.fold_bn)
+    folded = len(bn_fold_pairs(model, cfg)) if args.fold_bn else 0
     inputs = example_inputs(model, cfg, batch=args.batch)
     if args.format == "torchscript":
         path = export_torchscript(static, inputs, args.output)
     else:
         path = export_onnx(static, inputs, args.output, opset=args.opset)
     params = sum(p.numel() for p in static.parameters())
-    print(f"exported {cfg} ({params / 1e6:.3f} M params, BN folded: {len(static.folded_bn)}) to {path}")
+    print(f"exported {cfg} ({params / 1e6:.3f} M params, BN folded: {folded}) to {path}")
     return 0
 
 

@@ -12,7 +12,15 @@ from .layers import (
     SlimmableModule,
 )
 from .losses import DistillationLoss, distillation_loss
-from .switch import attach_space, current_config, get_space, set_config, slimmable_modules, use_config
+from .switch import (
+    attach_space,
+    current_config,
+    detach_space,
+    get_space,
+    set_config,
+    slimmable_modules,
+    use_config,
+)
 from .width import make_divisible, scale_channels
 
 __all__ = [
@@ -29,6 +37,7 @@ __all__ = [
     "distillation_loss",
     "attach_space",
     "current_config",
+    "detach_space",
     "get_space",
     "set_config",
     "slimmable_modules",

@@ -12,6 +12,9 @@ leading slice of its weights, ``weight[:out_w, :in_w]``:
 * a layer fed by a concatenation (SlowFast's lateral fusion, its head) describes its
   input as ``in_splits = ((channels, slim), ...)``: each part is sliced on its own.
 
+``slim_out``, ``in_splits`` and ``is_depthwise`` are read-only; a converter changes the
+rule of a built layer with :meth:`configure_slicing`. :meth:`active_weight` gives the
+weight and bias the layer runs with at the active configuration (what an exporter copies).
 The width is set through :func:`mutualnet_video.core.switch.set_config`, never by hand.
 BatchNorm layers also keep running statistics per configuration (filled by
 calibration), see :class:`SlimBatchNorm`.
@@ -19,6 +22,7 @@ calibration), see :class:`SlimBatchNorm`.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Sequence
 
 import torch
@@ -64,7 +68,23 @@ class SlimmableModule:
 def _check_in_splits(in_splits: Sequence[Sequence] | None, in_features: int, name: str) -> InSplits | None:
     if in_splits is None:
         return None
-    splits = tuple((int(c), bool(s)) for c, s in in_splits)
+    parts = []
+    for part in in_splits:
+        channels = None
+        if isinstance(part, Sequence) and not isinstance(part, str | bytes) and len(part) == 2:
+            try:
+                channels = operator.index(part[0]) if not isinstance(part[0], bool) else None
+            except TypeError:
+                pass
+        if channels is None or channels <= 0:
+            raise ValueError(
+                f"{name}: each part of in_splits must be a pair (channels, slim) with channels a positive "
+                f"integer, got {part!r} in {in_splits!r}"
+            )
+        parts.append((channels, bool(part[1])))
+    splits = tuple(parts)
+    if not splits:
+        raise ValueError(f"{name}: in_splits is empty (pass None for an input that is not a concatenation)")
     if sum(c for c, _ in splits) != in_features:
         raise ValueError(
             f"{name}: in_splits {splits} add up to {sum(c for c, _ in splits)} channels, "
@@ -95,16 +115,38 @@ class _SlimWeightMixin(SlimmableModule):
     _inference_slice: tuple | None = None
 
     def _init_slim(self, slim_out: bool, in_splits, full_in: int, full_out: int) -> None:
-        self.slim_out = bool(slim_out)
         self._full_in = full_in
         self._full_out = full_out
-        self.in_splits = _check_in_splits(in_splits, full_in, type(self).__name__)
-        self._index_cache: dict[tuple[float, int], torch.Tensor] = {}
+        self.configure_slicing(slim_out=slim_out, in_splits=in_splits)
 
-    def __setattr__(self, name: str, value) -> None:
-        super().__setattr__(name, value)
-        if name in ("slim_out", "in_splits"):  # the active channels depend on them
-            self._drop_caches()
+    @property
+    def slim_out(self) -> bool:
+        """Whether the outputs follow the width (False: all of them, e.g. a classifier)."""
+        return self._slim_out
+
+    @property
+    def in_splits(self) -> InSplits | None:
+        """The parts ``((channels, slim), ...)`` of a concatenated input, or None."""
+        return self._in_splits
+
+    def configure_slicing(self, *, slim_out: bool, in_splits: Sequence[Sequence] | None) -> None:
+        """Set the slicing rule of the layer: ``slim_out`` and ``in_splits``, as in the constructor.
+
+        Both are given (``in_splits=None``: the input is not a concatenation). Raises
+        ``ValueError`` naming the layer type and the problem if ``in_splits`` is not a
+        sequence of ``(channels, slim)`` pairs adding up to the layer's inputs (or is
+        given to a depthwise conv); the layer is then left unchanged. Every cached slice
+        is dropped: the next forward follows the new rule.
+        """
+        splits = _check_in_splits(in_splits, self._full_in, type(self).__name__)
+        self._check_slicing(splits)
+        self._slim_out = bool(slim_out)
+        self._in_splits = splits
+        self._index_cache: dict[tuple[float, int], torch.Tensor] = {}
+        self._drop_caches()
+
+    def _check_slicing(self, in_splits: InSplits | None) -> None:
+        """Refuse a rule the layer type cannot run (overridden by convs)."""
 
     def _drop_caches(self) -> None:
         self.__dict__["_slim_state"] = None
@@ -115,7 +157,29 @@ class _SlimWeightMixin(SlimmableModule):
         return super()._apply(fn, recurse)  # type: ignore[misc]
 
     def active_out(self) -> int:
-        return scale_channels(self._full_out, self.width) if self.slim_out else self._full_out
+        """The number of output channels (features) at the active configuration."""
+        return scale_channels(self._full_out, self.width) if self._slim_out else self._full_out
+
+    def active_weight(self, in_active: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The weight and bias the layer applies, at the active configuration, to an input
+        of ``in_active`` channels (features for a linear layer).
+
+        At full width on the full input: the parameters themselves. Otherwise the slice
+        ``weight[:out, :in_active]`` (for ``in_splits``, the columns of each part's active
+        channels; for a depthwise conv ``weight[:in_active]``, its input dim of 1 kept) and
+        ``bias[:out]``, ``out`` being :meth:`active_out` (``in_active`` for a depthwise
+        conv). With autograd on these are views of the parameters (gradients reach them);
+        without, a cached contiguous copy: read them, do not write them. Raises
+        ``RuntimeError`` if ``in_active`` does not fit the layer at this configuration.
+        """
+        state = self._state()
+        if state[1] and in_active == self._full_in:  # full width, every part of in_splits is full
+            return self.weight, self.bias
+        return self._active_slice(in_active, state)
+
+    def _active_slice(self, in_active: int, state: tuple) -> tuple[torch.Tensor, torch.Tensor | None]:
+        self._check_in(in_active)
+        return self._sliced_weight(in_active)
 
     def _state(self) -> tuple:
         """``(subnet, full width, active outputs)`` of the active configuration."""
@@ -127,13 +191,13 @@ class _SlimWeightMixin(SlimmableModule):
 
     def _split_index(self, in_active: int) -> torch.Tensor | None:
         """Indices of the active inputs when the input is a concatenation, else None."""
-        if self.in_splits is None:
+        if self._in_splits is None:
             return None
         key = (self.width, in_active)
         index = self._index_cache.get(key)
         if index is None:
             parts, offset = [], 0
-            for channels, slim in self.in_splits:
+            for channels, slim in self._in_splits:
                 active = scale_channels(channels, self.width) if slim else channels
                 parts.append(torch.arange(offset, offset + active))
                 offset += channels
@@ -141,7 +205,7 @@ class _SlimWeightMixin(SlimmableModule):
             if index.numel() != in_active:
                 raise RuntimeError(
                     f"{type(self).__name__}: input has {in_active} channels but in_splits "
-                    f"{self.in_splits} at width {self.width:g} expect {index.numel()}"
+                    f"{self._in_splits} at width {self.width:g} expect {index.numel()}"
                 )
             self._index_cache[key] = index
         return index
@@ -202,15 +266,34 @@ class _SlimConvNd(_SlimWeightMixin):
         return self._conv(x, weight, bias, self.stride, self.padding, self.dilation, groups)
 
     def _init_conv(self, slim_out: bool, in_splits) -> None:
-        self._init_slim(slim_out, in_splits, self.in_channels, self.out_channels)
         self._depthwise = self.groups > 1 and self.groups == self.in_channels == self.out_channels
         if self.groups > 1 and not self._depthwise:
             raise ValueError(
                 f"{type(self).__name__}: only dense (groups=1) and depthwise convolutions can be "
                 f"slimmed, got groups={self.groups} with {self.in_channels}->{self.out_channels} channels"
             )
+        self._init_slim(slim_out, in_splits, self.in_channels, self.out_channels)
+
+    @property
+    def is_depthwise(self) -> bool:
+        """``groups == in_channels == out_channels``: runs with ``groups`` = active channels."""
+        return self._depthwise
+
+    def _check_slicing(self, in_splits: InSplits | None) -> None:
         if self._depthwise and in_splits is not None:
             raise ValueError(f"{type(self).__name__}: a depthwise conv cannot take in_splits")
+
+    def _active_slice(self, in_active: int, state: tuple) -> tuple[torch.Tensor, torch.Tensor | None]:
+        self._check_in(in_active)
+        if not self._depthwise:
+            return self._sliced_weight(in_active)
+        out_active = state[2] if self._slim_out else in_active
+        if out_active != in_active:
+            raise RuntimeError(
+                f"{type(self).__name__}: depthwise conv got {in_active} channels at width "
+                f"{self.width:g}, which gives {out_active} outputs"
+            )
+        return self._sliced_weight(in_active, depthwise=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         in_active = x.shape[1]
@@ -219,18 +302,8 @@ class _SlimConvNd(_SlimWeightMixin):
             state = self._state()
         if state[1] and in_active == self._full_in:  # full width, every part of in_splits is full
             return self._conv_forward(x, self.weight, self.bias)  # = nn.ConvNd.forward
-        self._check_in(in_active)
-        if self._depthwise:
-            out_active = state[2] if self.slim_out else in_active
-            if out_active != in_active:
-                raise RuntimeError(
-                    f"{type(self).__name__}: depthwise conv got {in_active} channels at width "
-                    f"{self.width:g}, which gives {out_active} outputs"
-                )
-            weight, bias = self._sliced_weight(in_active, depthwise=True)
-            return self._conv_forward(x, weight, bias, out_active)
-        weight, bias = self._sliced_weight(in_active)
-        return self._conv_forward(x, weight, bias, 1)
+        weight, bias = self._active_slice(in_active, state)
+        return self._conv_forward(x, weight, bias, in_active if self._depthwise else 1)
 
 
 class SlimConv2d(_SlimConvNd, nn.Conv2d):
@@ -267,8 +340,7 @@ class SlimLinear(_SlimWeightMixin, nn.Linear):
             state = self._state()
         if state[1] and in_active == self._full_in:  # full width, every part of in_splits is full
             return F.linear(x, self.weight, self.bias)  # = nn.Linear.forward
-        self._check_in(in_active)
-        weight, bias = self._sliced_weight(in_active)
+        weight, bias = self._active_slice(in_active, state)
         return F.linear(x, weight, bias)
 
 

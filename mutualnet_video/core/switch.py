@@ -1,6 +1,7 @@
 """Switching a model between sub-networks: the one way to change the active width.
 
-A model built for MutualNet carries its :class:`ConfigSpace` (``attach_space``);
+A model built for MutualNet carries its :class:`ConfigSpace` (``attach_space``, read
+with ``get_space``, removed with ``detach_space``: where it is stored is private);
 ``set_config`` / ``use_config`` validate a configuration against it and hand it to
 every :class:`SlimmableModule`. No global state: the configuration lives in the
 model's own modules.
@@ -18,6 +19,7 @@ from .layers import SlimmableModule
 
 __all__ = [
     "attach_space",
+    "detach_space",
     "get_space",
     "slimmable_modules",
     "set_config",
@@ -40,6 +42,14 @@ def get_space(model: nn.Module) -> ConfigSpace | None:
     """The :class:`ConfigSpace` attached to ``model`` (unwrapping DDP), or None."""
     model = getattr(model, "module", model) if not hasattr(model, _SPACE_ATTR) else model
     return getattr(model, _SPACE_ATTR, None)
+
+
+def detach_space(model: nn.Module) -> nn.Module:
+    """Remove the :class:`ConfigSpace` attached to ``model`` and to any of its submodules
+    (a view or a wrapper sharing them); returns ``model``. A no-op where none is attached."""
+    for module in model.modules():
+        module.__dict__.pop(_SPACE_ATTR, None)
+    return model
 
 
 def slimmable_modules(model: nn.Module) -> Iterator[tuple[str, SlimmableModule]]:

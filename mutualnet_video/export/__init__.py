@@ -1,5 +1,5 @@
 """mutualnet_video.export: one configuration of an adaptive model as a plain static network."""
 
-from .static import example_inputs, export_onnx, export_subnet, export_torchscript, has_slim_layers
+from .static import bn_fold_pairs, example_inputs, export_onnx, export_subnet, export_torchscript, has_slim_layers
 
-__all__ = ["example_inputs", "export_onnx", "export_subnet", "export_torchscript", "has_slim_layers"]
+__all__ = ["bn_fold_pairs", "example_inputs", "export_onnx", "export_subnet", "export_torchscript", "has_slim_layers"]

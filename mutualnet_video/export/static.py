@@ -9,9 +9,11 @@ model's own ``forward``) is kept, and so are the module names: the exported stat
 reads like the original's, with smaller tensors. The copy runs on the configuration's
 input and gives the slimmable model's output at that configuration in eval mode.
 
-The active sizes are read from one forward pass at the configuration, with hooks: the
-exporter works on any model made of core slim layers (X3D's depthwise convs and
-squeeze-excitation, SlowFast's concatenations) without knowing its architecture.
+The active sizes are read from one forward pass at the configuration, with hooks, and
+the weights from each layer's public ``active_weight``: the exporter works on any model
+made of core slim layers (X3D's depthwise convs and squeeze-excitation, SlowFast's
+concatenations) without knowing its architecture. :func:`bn_fold_pairs` names the BN
+layers that ``export_subnet(..., fold_bn=True)`` folds.
 """
 
 from __future__ import annotations
@@ -27,11 +29,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..core import SlimBatchNorm, SlimmableModule, SubnetConfig, dummy_input, get_space, use_config
-from ..core.layers import _SlimConvNd
+from ..core import SlimBatchNorm, SlimmableModule, SubnetConfig, detach_space, dummy_input, get_space, use_config
 from ..io import atomic_path
 
-__all__ = ["export_subnet", "example_inputs", "export_torchscript", "export_onnx", "has_slim_layers"]
+__all__ = ["export_subnet", "bn_fold_pairs", "example_inputs", "export_torchscript", "export_onnx", "has_slim_layers"]
 
 ModelInput = torch.Tensor | list[torch.Tensor]
 _BN = nn.modules.batchnorm._BatchNorm
@@ -115,13 +116,8 @@ def _trace(model: nn.Module, cfg: SubnetConfig, inputs: ModelInput) -> tuple[_Tr
             if not isinstance(module, SlimmableModule):
                 return
             in_active = x.shape[-1] if isinstance(module, nn.Linear) else x.shape[1]
-            if isinstance(module, _SlimConvNd) and module._depthwise:
-                weight = module.weight[:in_active]
-                bias = None if module.bias is None else module.bias[:in_active]
-                groups = in_active
-            else:
-                weight, bias = module._sliced_weight(in_active)
-                groups = 1
+            weight, bias = module.active_weight(in_active)
+            groups = in_active if isinstance(module, _CONV) and module.is_depthwise else 1
             out_channels = out.shape[-1] if isinstance(module, nn.Linear) else out.shape[1]
             if weight.shape[0] != out_channels:
                 raise RuntimeError(f"{name}: sliced weight has {weight.shape[0]} outputs, the layer gave {out_channels}")
@@ -157,6 +153,42 @@ def _trace(model: nn.Module, cfg: SubnetConfig, inputs: ModelInput) -> tuple[_Tr
         for handle in handles:
             handle.remove()
     return trace, output
+
+
+def _fold_pairs(model: nn.Module, trace: _Trace, output: Any) -> dict[str, str]:
+    """Pairs conv -> BN where the BN's input is the conv's output and nothing else reads it."""
+    consumers = _consumers(_tensors(output))
+    producers = {fn: name for name, fn in trace.conv_out.items() if fn is not None and trace.calls[name] == 1}
+    modules = dict(model.named_modules())
+    pairs: dict[str, str] = {}
+    for bn_name, fn in trace.bn_in.items():
+        conv_name = producers.get(fn)
+        bn = modules[bn_name]
+        if (conv_name is not None and isinstance(modules[conv_name], _CONV) and trace.calls[bn_name] == 1
+                and consumers.get(fn, 0) == 1 and bn.track_running_stats and bn.running_mean is not None):
+            pairs[conv_name] = bn_name
+    return pairs
+
+
+def bn_fold_pairs(model: nn.Module, cfg: SubnetConfig, *, inputs: ModelInput | None = None) -> dict[str, str]:
+    """The BatchNorm layers ``export_subnet(model, cfg, fold_bn=True)`` folds: ``{conv name: BN name}``.
+
+    Read from one forward pass of ``model`` at ``cfg`` in eval mode (``inputs`` as in
+    :func:`export_subnet`; the pairs depend on the graph, not on the values). In the
+    exported copy each folded BN is ``nn.Identity`` under its name. ``model`` is left unchanged.
+    """
+    space = get_space(model)
+    if space is not None:
+        space.validate(cfg)
+    if inputs is None:
+        inputs = example_inputs(model, cfg)
+    was_training = model.training
+    model.eval()
+    try:
+        trace, output = _trace(model, cfg, inputs)
+        return _fold_pairs(model, trace, output)
+    finally:
+        model.train(was_training)
 
 
 def _static_conv(module: nn.Module, rec: dict[str, Any]) -> nn.Module:
@@ -245,9 +277,9 @@ def export_subnet(
         cfg: the configuration to export (validated against the model's space).
         fold_bn: fold each BatchNorm into the conv that feeds it directly and is read by
             nothing else (checked on the autograd graph of one forward pass); the BN
-            becomes ``nn.Identity`` under its name. BNs after a residual addition, a
-            concatenation or a pooling stay. A BN computing batch statistics in eval mode
-            (``track_running_stats=False``) is never folded.
+            becomes ``nn.Identity`` under its name (:func:`bn_fold_pairs` lists them). BNs
+            after a residual addition, a concatenation or a pooling stay. A BN computing
+            batch statistics in eval mode (``track_running_stats=False``) is never folded.
         inputs: example input of ``cfg``'s shape (default: random, from the model's space).
         check: compare the copy's output with the slimmable model's on ``inputs``
             (``torch.testing.assert_close``; default tolerances 1e-5, or 1e-4 when folding).
@@ -266,18 +298,7 @@ def export_subnet(
     model.eval()
     try:
         trace, reference = _trace(model, cfg, inputs)
-        # Pairs conv -> BN where the BN's input is the conv's output and nothing else reads it.
-        pairs: dict[str, str] = {}
-        if fold_bn:
-            consumers = _consumers(_tensors(reference))
-            producers = {fn: name for name, fn in trace.conv_out.items() if fn is not None and trace.calls[name] == 1}
-            modules = dict(model.named_modules())
-            for bn_name, fn in trace.bn_in.items():
-                conv_name = producers.get(fn)
-                bn = modules[bn_name]
-                if (conv_name is not None and isinstance(modules[conv_name], _CONV) and trace.calls[bn_name] == 1
-                        and consumers.get(fn, 0) == 1 and bn.track_running_stats and bn.running_mean is not None):
-                    pairs[conv_name] = bn_name
+        pairs = _fold_pairs(model, trace, reference) if fold_bn else {}
         reference = [t.detach() for t in _tensors(reference)]
 
         exported = copy.deepcopy(model)
@@ -328,11 +349,8 @@ def export_subnet(
         for name, module in list(exported.named_modules()):
             if name and _is_pytorchvideo_swish(module):  # a Python autograd Function: TorchScript cannot save it
                 _set(exported, name, nn.SiLU())
-        for module in exported.modules():
-            if "config_space" in vars(module):
-                delattr(module, "config_space")
+        detach_space(exported)
         exported.eval()
-        exported.folded_bn = sorted(pairs.values())  # type: ignore[assignment]
         if check:
             with torch.no_grad():
                 got = _tensors(exported(_fresh(inputs)))

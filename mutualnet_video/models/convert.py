@@ -304,15 +304,10 @@ def _convert(module: nn.Module, role: _Role, name: str) -> nn.Module:
 
 def _configure(module: SlimConv3d | SlimLinear, role: _Role, name: str) -> None:
     """Give an already slim layer the role the structure needs (SlowFast roles)."""
-    full_in = module.in_channels if isinstance(module, nn.Conv3d) else module.in_features
-    if role.in_splits is not None and sum(c for c, _ in role.in_splits) != full_in:
-        raise UnsupportedModuleError(
-            f"{name}: {type(module).__name__} has {full_in} inputs but is fed by a concatenation "
-            f"of {role.in_splits}"
-        )
-    module.slim_out = role.slim_out
-    module.in_splits = role.in_splits
-    module._index_cache = {}
+    try:  # refuses in_splits that do not add up to the layer's inputs, naming both
+        module.configure_slicing(slim_out=role.slim_out, in_splits=role.in_splits)
+    except ValueError as error:
+        raise UnsupportedModuleError(f"{name}: {error}") from error
 
 
 def _replace(model: nn.Module, name: str, new: nn.Module) -> None:

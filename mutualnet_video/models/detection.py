@@ -41,12 +41,13 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from ..core import ConfigSpace, SlimmableModule, SubnetConfig, attach_space, distillation_loss
+from ..core import ConfigSpace, SlimmableModule, SubnetConfig, attach_space, distillation_loss, get_space
 from ..core.heads import BackboneWithFPN, IntermediateFeatures
+from ._builder import finish_entrypoint
 from ._slim2d import slim_conv_like, space_2d
-from .mobilenet import create_slim_mobilenet_v2
-from .registry import register_model
-from .resnet2d import create_slim_resnet50
+from .mobilenet import create_slimmable_mobilenet_v2
+from .registry import IMAGENET_MEAN, IMAGENET_STD, DefaultCfg, register_model
+from .resnet2d import create_slimmable_resnet50
 
 __all__ = [
     "SlimRCNNTransform",
@@ -54,7 +55,7 @@ __all__ = [
     "slim_fpn",
     "mobilenet_v2_fpn_backbone",
     "resnet50_fpn_backbone",
-    "create_slim_faster_rcnn",
+    "create_slimmable_faster_rcnn",
     "DetectorBackboneView",
     "DetectorTrainOutput",
     "DetectorTrainView",
@@ -72,13 +73,13 @@ DETECTION_CROPS = (800, 672, 544, 416)
 class SlimRCNNTransform(SlimmableModule, GeneralizedRCNNTransform):
     """torchvision's detection transform whose resize follows the active configuration.
 
-    At ``cfg``: ``min_size = (cfg.crop,)``, ``max_size = ceil(cfg.crop * max_size_ratio)``;
+    At ``subnet``: ``min_size = (subnet.crop,)``, ``max_size = ceil(subnet.crop * max_size_ratio)``;
     with no configuration set, ``full_size`` is used.
     """
 
     def __init__(self, *, full_size: int, max_size_ratio: float = DEFAULT_MAX_SIZE_RATIO,
-                 image_mean: Sequence[float] = (0.485, 0.456, 0.406),
-                 image_std: Sequence[float] = (0.229, 0.224, 0.225), size_divisible: int = 32) -> None:
+                 image_mean: Sequence[float] = IMAGENET_MEAN,
+                 image_std: Sequence[float] = IMAGENET_STD, size_divisible: int = 32) -> None:
         if max_size_ratio < 1:
             raise ValueError(f"max_size_ratio must be >= 1, got {max_size_ratio}")
         self.full_size = int(full_size)
@@ -88,9 +89,9 @@ class SlimRCNNTransform(SlimmableModule, GeneralizedRCNNTransform):
             list(image_mean), list(image_std), size_divisible=size_divisible,
         )
 
-    def set_subnet(self, cfg: SubnetConfig | None) -> None:
-        super().set_subnet(cfg)
-        size = self.full_size if cfg is None else cfg.crop
+    def set_subnet(self, subnet: SubnetConfig | None) -> None:
+        super().set_subnet(subnet)
+        size = self.full_size if subnet is None else subnet.crop
         self.min_size = (size,)
         self.max_size = math.ceil(size * self.max_size_ratio)
 
@@ -109,7 +110,7 @@ def mobilenet_v2_fpn_backbone(*, out_channels: int = 256, returned_stages: Seque
     Pyramid keys ``"0".."k-1"`` for the returned stages, then ``"pool"``. Stage 18 (the 1x1
     conv to 1280) gives full-width features, the others slimmed ones.
     """
-    features = create_slim_mobilenet_v2(num_classes=1000).features
+    features = create_slimmable_mobilenet_v2(num_classes=1000).features
     stages = OrderedDict((str(i), m) for i, m in enumerate(features))
     returned = [str(i) for i in returned_stages]
     channels = [_stage_out_channels(stages[name]) for name in returned]
@@ -120,7 +121,7 @@ def mobilenet_v2_fpn_backbone(*, out_channels: int = 256, returned_stages: Seque
 
 def resnet50_fpn_backbone(*, out_channels: int = 256, returned_layers: Sequence[int] = (1, 2, 3, 4)) -> BackboneWithFPN:
     """Slimmable ResNet-50 (``conv1`` .. ``layer4``, trainable SlimBatchNorm2d) + FPN."""
-    resnet = create_slim_resnet50(num_classes=1000)
+    resnet = create_slimmable_resnet50(num_classes=1000)
     stages = OrderedDict((name, m) for name, m in resnet.named_children() if name not in ("avgpool", "fc"))
     returned = [f"layer{i}" for i in returned_layers]
     channels = [_stage_out_channels(stages[name]) for name in returned]
@@ -137,7 +138,7 @@ def _stage_out_channels(stage: nn.Module) -> int:
     return convs[-1].out_channels
 
 
-def create_slim_faster_rcnn(
+def create_slimmable_faster_rcnn(
     *,
     backbone: BackboneWithFPN,
     num_classes: int,
@@ -171,7 +172,19 @@ def create_slim_faster_rcnn(
     return attach_space(model, space)
 
 
-@register_model
+# The detector normalises [0, 1] images itself (its transform) with torchvision's ImageNet mean/std.
+_FASTERRCNN = DefaultCfg(crop=DETECTION_CROPS[0], mean=IMAGENET_MEAN, std=IMAGENET_STD)
+
+
+def _create_faster_rcnn(*, backbone: BackboneWithFPN, num_classes: int, space: ConfigSpace, weights: str | None,
+                        **faster_rcnn_kwargs) -> FasterRCNN:
+    faster_rcnn_kwargs.setdefault("image_mean", list(_FASTERRCNN.mean))
+    faster_rcnn_kwargs.setdefault("image_std", list(_FASTERRCNN.std))
+    model = create_slimmable_faster_rcnn(backbone=backbone, num_classes=num_classes, space=space, **faster_rcnn_kwargs)
+    return finish_entrypoint(model, default_cfg=_FASTERRCNN, weights=weights)
+
+
+@register_model(default_cfg=_FASTERRCNN)
 def mutual_fasterrcnn_mobilenet_v2_fpn(
     *,
     num_classes: int = 91,
@@ -179,16 +192,21 @@ def mutual_fasterrcnn_mobilenet_v2_fpn(
     crops: Sequence[int] = DETECTION_CROPS,
     num_subnets: int = 4,
     widths: Sequence[float] = (),
+    weights: str | None = None,
     anchor_sizes: Sequence[int] = (32, 64, 128, 256),
     **faster_rcnn_kwargs,
 ) -> FasterRCNN:
-    """Faster R-CNN + FPN on a slimmable MobileNetV2 (widths [0.7, 1.0]); crops are min sizes."""
+    """Faster R-CNN + FPN on a slimmable MobileNetV2 (widths [0.7, 1.0]); crops are min sizes.
+
+    ``weights``: a checkpoint path or URL, loaded strictly; ``faster_rcnn_kwargs``: any
+    other keyword of :func:`create_slimmable_faster_rcnn` / ``FasterRCNN``.
+    """
     space = space_2d(width_range=width_range, crops=crops, num_subnets=num_subnets, widths=widths)
-    return create_slim_faster_rcnn(backbone=mobilenet_v2_fpn_backbone(), num_classes=num_classes, space=space,
-                                   anchor_sizes=anchor_sizes, **faster_rcnn_kwargs)
+    return _create_faster_rcnn(backbone=mobilenet_v2_fpn_backbone(), num_classes=num_classes, space=space,
+                               weights=weights, anchor_sizes=anchor_sizes, **faster_rcnn_kwargs)
 
 
-@register_model
+@register_model(default_cfg=_FASTERRCNN)
 def mutual_fasterrcnn_resnet50_fpn(
     *,
     num_classes: int = 91,
@@ -196,12 +214,14 @@ def mutual_fasterrcnn_resnet50_fpn(
     crops: Sequence[int] = DETECTION_CROPS,
     num_subnets: int = 4,
     widths: Sequence[float] = (),
+    weights: str | None = None,
     **faster_rcnn_kwargs,
 ) -> FasterRCNN:
-    """Faster R-CNN + FPN on a slimmable ResNet-50 (widths [0.9, 1.0]); crops are min sizes."""
+    """Faster R-CNN + FPN on a slimmable ResNet-50 (widths [0.9, 1.0]); crops are min sizes
+    (keywords as :func:`mutual_fasterrcnn_mobilenet_v2_fpn`)."""
     space = space_2d(width_range=width_range, crops=crops, num_subnets=num_subnets, widths=widths)
-    return create_slim_faster_rcnn(backbone=resnet50_fpn_backbone(), num_classes=num_classes, space=space,
-                                   **faster_rcnn_kwargs)
+    return _create_faster_rcnn(backbone=resnet50_fpn_backbone(), num_classes=num_classes, space=space,
+                               weights=weights, **faster_rcnn_kwargs)
 
 
 class _DetectorView(nn.Module):
@@ -210,7 +230,7 @@ class _DetectorView(nn.Module):
     def __init__(self, detector: FasterRCNN) -> None:
         super().__init__()
         self.detector = detector
-        space = getattr(detector, "config_space", None)
+        space = get_space(detector)
         if space is not None:
             attach_space(self, space)
 
