@@ -3,16 +3,25 @@
 from .convert import UnsupportedModuleError, slimmable
 from .detection import (
     DetectorBackboneView,
-    create_slim_faster_rcnn,
+    create_slimmable_faster_rcnn,
     mutual_fasterrcnn_mobilenet_v2_fpn,
     mutual_fasterrcnn_resnet50_fpn,
 )
-from .mobilenet import MobileNetV1, create_slim_mobilenet_v2, mutual_mobilenet_v1, mutual_mobilenet_v2
-from .registry import UnknownModelError, create_model, get_model_entrypoint, list_models, register_model
+from .mobilenet import MobileNetV1, create_slimmable_mobilenet_v2, mutual_mobilenet_v1, mutual_mobilenet_v2
+from .registry import (
+    DefaultCfg,
+    UnknownModelError,
+    create_model,
+    get_default_cfg,
+    get_model_cfg,
+    get_model_entrypoint,
+    list_models,
+    register_model,
+)
 from .resnet import create_slimmable_resnet, mutual_slow_r50
-from .resnet2d import create_slim_resnet50, mutual_resnet50
+from .resnet2d import create_slimmable_resnet50, mutual_resnet50
 from .segmentation import (
-    create_slim_segmenter,
+    create_slimmable_segmenter,
     mutual_deeplabv3_mobilenet_v2,
     mutual_deeplabv3_resnet50,
     mutual_fcn_resnet50,
@@ -28,6 +37,9 @@ __all__ = [
     "list_models",
     "create_model",
     "get_model_entrypoint",
+    "get_model_cfg",
+    "get_default_cfg",
+    "DefaultCfg",
     "create_slimmable_x3d",
     "create_slimmable_slowfast",
     "create_slimmable_resnet",
@@ -39,10 +51,10 @@ __all__ = [
     "mutual_slow_r50",
     # 2D networks
     "MobileNetV1",
-    "create_slim_mobilenet_v2",
-    "create_slim_resnet50",
-    "create_slim_faster_rcnn",
-    "create_slim_segmenter",
+    "create_slimmable_mobilenet_v2",
+    "create_slimmable_resnet50",
+    "create_slimmable_faster_rcnn",
+    "create_slimmable_segmenter",
     "DetectorBackboneView",
     "mutual_mobilenet_v1",
     "mutual_mobilenet_v2",

@@ -1,4 +1,4 @@
-"""Shared plumbing of the slimmable builders: defaults, space, conversion."""
+"""Shared plumbing of the slimmable builders and entrypoints: defaults, space, conversion, weights."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ from typing import Any
 
 from torch import nn
 
+from ..checkpoint import load_weights
 from ..core import ConfigSpace
 from .convert import slimmable
+from .registry import DefaultCfg, attach_default_cfg
 
-__all__ = ["builder_default", "default_input", "make_space", "build_slimmable", "merge_defaults"]
+__all__ = ["builder_default", "default_input", "make_space", "build_slimmable", "finish_entrypoint"]
 
 
 def builder_default(builder: Callable[..., nn.Module], kwargs: dict[str, Any], name: str) -> Any:
@@ -60,8 +62,12 @@ def build_slimmable(
     return slimmable(builder(**kwargs), space=space, slim_fast=slim_fast)
 
 
-def merge_defaults(defaults: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """An entrypoint's defaults updated by the caller's keywords."""
-    merged = dict(defaults)
-    merged.update(overrides)
-    return merged
+def finish_entrypoint(model: nn.Module, *, default_cfg: DefaultCfg, weights: str | None) -> nn.Module:
+    """The last step of every registered entrypoint: attach ``default_cfg``
+    (``model.default_cfg``), then load ``weights`` (a path or URL) strictly if given
+    (:func:`mutualnet_video.checkpoint.load_weights`: ``weights_only``, every layout of a
+    stock PyTorchVideo / torchvision / our checkpoint)."""
+    attach_default_cfg(model, default_cfg)
+    if weights is not None:
+        load_weights(model, weights, source="weights")
+    return model

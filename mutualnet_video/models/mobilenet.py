@@ -27,10 +27,11 @@ from torchvision.models.mobilenetv2 import InvertedResidual
 
 from ..core import SlimBatchNorm2d, SlimConv2d, attach_space
 from ..core.heads import ClassificationHead
+from ._builder import finish_entrypoint
 from ._slim2d import convert_2d, space_2d
-from .registry import register_model
+from .registry import IMAGENET_MEAN, IMAGENET_STD, DefaultCfg, register_model
 
-__all__ = ["MobileNetV1", "create_slim_mobilenet_v2", "mutual_mobilenet_v1", "mutual_mobilenet_v2"]
+__all__ = ["MobileNetV1", "create_slimmable_mobilenet_v2", "mutual_mobilenet_v1", "mutual_mobilenet_v2"]
 
 PAPER_CROPS = (224, 192, 160, 128)
 
@@ -83,7 +84,7 @@ class MobileNetV1(nn.Module):
         return self.classifier(self.features(x))
 
 
-def create_slim_mobilenet_v2(*, num_classes: int = 1000, dropout: float = 0.2) -> nn.Module:
+def create_slimmable_mobilenet_v2(*, num_classes: int = 1000, dropout: float = 0.2) -> nn.Module:
     """torchvision's ``mobilenet_v2`` (random init) with slimmable layers under the same names.
 
     ``features.18.0`` (the 1x1 conv to 1280) keeps its outputs; ``classifier.1`` keeps its
@@ -100,7 +101,10 @@ def create_slim_mobilenet_v2(*, num_classes: int = 1000, dropout: float = 0.2) -
                       channel_ratio=lambda name: ratios.get(name, 1))
 
 
-@register_model
+_MOBILENET = DefaultCfg(crop=PAPER_CROPS[0], mean=IMAGENET_MEAN, std=IMAGENET_STD)
+
+
+@register_model(default_cfg=_MOBILENET)
 def mutual_mobilenet_v1(
     *,
     num_classes: int = 1000,
@@ -108,15 +112,19 @@ def mutual_mobilenet_v1(
     crops: Sequence[int] = PAPER_CROPS,
     num_subnets: int = 4,
     widths: Sequence[float] = (1.0, 0.75, 0.5, 0.25),
+    weights: str | None = None,
     dropout: float = 0.0,
 ) -> MobileNetV1:
-    """MutualNet MobileNetV1: widths [0.25, 1.0], resolutions {224, 192, 160, 128}."""
+    """MutualNet MobileNetV1: widths [0.25, 1.0], resolutions {224, 192, 160, 128}.
+
+    ``weights``: a checkpoint path or URL, loaded strictly.
+    """
     model = MobileNetV1(num_classes=num_classes, dropout=dropout)
     attach_space(model, space_2d(width_range=width_range, crops=crops, num_subnets=num_subnets, widths=widths))
-    return model
+    return finish_entrypoint(model, default_cfg=_MOBILENET, weights=weights)
 
 
-@register_model
+@register_model(default_cfg=_MOBILENET)
 def mutual_mobilenet_v2(
     *,
     num_classes: int = 1000,
@@ -124,9 +132,14 @@ def mutual_mobilenet_v2(
     crops: Sequence[int] = PAPER_CROPS,
     num_subnets: int = 4,
     widths: Sequence[float] = (),
+    weights: str | None = None,
     dropout: float = 0.2,
 ) -> nn.Module:
-    """MutualNet MobileNetV2 (torchvision names): widths [0.7, 1.0], resolutions {224, 192, 160, 128}."""
-    model = create_slim_mobilenet_v2(num_classes=num_classes, dropout=dropout)
+    """MutualNet MobileNetV2 (torchvision names): widths [0.7, 1.0], resolutions {224, 192, 160, 128}.
+
+    ``weights``: a checkpoint path or URL, loaded strictly (torchvision's ``mobilenet_v2``
+    state dicts load: width 1.0 is torchvision's network).
+    """
+    model = create_slimmable_mobilenet_v2(num_classes=num_classes, dropout=dropout)
     attach_space(model, space_2d(width_range=width_range, crops=crops, num_subnets=num_subnets, widths=widths))
-    return model
+    return finish_entrypoint(model, default_cfg=_MOBILENET, weights=weights)

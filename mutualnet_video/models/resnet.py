@@ -16,8 +16,8 @@ from pytorchvideo.models.resnet import create_resnet
 from torch import nn
 
 from ..core import SlimBatchNorm3d
-from ._builder import build_slimmable, builder_default, default_input, make_space, merge_defaults
-from .registry import register_model
+from ._builder import build_slimmable, builder_default, default_input, finish_entrypoint, make_space
+from .registry import KINETICS_MEAN, KINETICS_STD, DefaultCfg, register_model
 
 __all__ = ["create_slimmable_resnet", "mutual_slow_r50"]
 
@@ -71,16 +71,36 @@ def create_slimmable_resnet(
     return build_slimmable(create_resnet, kwargs, space)
 
 
-@register_model
-def mutual_slow_r50(**kwargs) -> nn.Module:
-    """Slow R50 8x8 (stem 1x7x7, temporal conv_a in res4/res5, head pool 8x7x7);
-    space: width [0.5, 1], frames {8, 6, 4}, crops {224, 192, 160, 128}."""
-    defaults = dict(
+_SLOW_R50 = DefaultCfg(frames=8, crop=224, mean=KINETICS_MEAN, std=KINETICS_STD)
+
+
+@register_model(default_cfg=_SLOW_R50)
+def mutual_slow_r50(
+    *,
+    model_num_class: int = 400,
+    width_range: Sequence[float] = (0.5, 1.0),
+    frames: Sequence[int] | int = (8, 6, 4),
+    crops: Sequence[int] | int = (224, 192, 160, 128),
+    num_subnets: int = 4,
+    widths: Sequence[float] = (),
+    weights: str | None = None,
+    **create_resnet_kwargs,
+) -> nn.Module:
+    """Slow R50 8x8 (PyTorchVideo's ``slow_r50``: stem 1x7x7, temporal conv_a in res4/res5,
+    head pool 8x7x7); space: width [0.5, 1], frames {8, 6, 4}, crops {224, 192, 160, 128}.
+
+    ``weights``: a checkpoint path or URL (e.g. the ``slow_r50`` zoo file), loaded strictly
+    (width 1.0 is the stock network); ``create_resnet_kwargs``: any other keyword of
+    ``create_resnet`` (they override the architecture above).
+    """
+    nominal = _SLOW_R50
+    kwargs = dict(
         model_depth=50,
         stem_conv_kernel_size=(1, 7, 7),
         stage_conv_a_kernel_size=((1, 1, 1), (1, 1, 1), (3, 1, 1), (3, 1, 1)),
-        head_pool_kernel_size=(8, 7, 7),
-        frames=(8, 6, 4),
-        crops=(224, 192, 160, 128),
+        head_pool_kernel_size=(nominal.frames, nominal.crop // 32, nominal.crop // 32),
     )
-    return create_slimmable_resnet(**merge_defaults(defaults, kwargs))
+    kwargs.update(create_resnet_kwargs)
+    model = create_slimmable_resnet(model_num_class=model_num_class, width_range=width_range, frames=frames,
+                                    crops=crops, num_subnets=num_subnets, widths=widths, **kwargs)
+    return finish_entrypoint(model, default_cfg=nominal, weights=weights)

@@ -21,11 +21,12 @@ from torchvision.models import resnet50
 from torchvision.models.resnet import Bottleneck
 
 from ..core import attach_space
+from ._builder import finish_entrypoint
 from ._slim2d import convert_2d, space_2d
 from .mobilenet import PAPER_CROPS
-from .registry import register_model
+from .registry import IMAGENET_MEAN, IMAGENET_STD, DefaultCfg, register_model
 
-__all__ = ["convert_slim_resnet", "create_slim_resnet50", "mutual_resnet50"]
+__all__ = ["convert_slim_resnet", "create_slimmable_resnet50", "mutual_resnet50"]
 
 
 def convert_slim_resnet(model: nn.Module) -> nn.Module:
@@ -41,12 +42,15 @@ def convert_slim_resnet(model: nn.Module) -> nn.Module:
     return convert_2d(model, channel_ratio=lambda name: ratios.get(name, 1))
 
 
-def create_slim_resnet50(*, num_classes: int = 1000, **kwargs) -> nn.Module:
+def create_slimmable_resnet50(*, num_classes: int = 1000, **kwargs) -> nn.Module:
     """torchvision's ``resnet50`` (random init, ``kwargs`` passed on) with slimmable layers."""
     return convert_slim_resnet(resnet50(weights=None, num_classes=num_classes, **kwargs))
 
 
-@register_model
+_RESNET50 = DefaultCfg(crop=PAPER_CROPS[0], mean=IMAGENET_MEAN, std=IMAGENET_STD)
+
+
+@register_model(default_cfg=_RESNET50)
 def mutual_resnet50(
     *,
     num_classes: int = 1000,
@@ -54,9 +58,14 @@ def mutual_resnet50(
     crops: Sequence[int] = PAPER_CROPS,
     num_subnets: int = 4,
     widths: Sequence[float] = (),
+    weights: str | None = None,
     zero_init_residual: bool = False,
 ) -> nn.Module:
-    """MutualNet ResNet-50 (torchvision names): widths [0.9, 1.0] ("boost" mode) by default."""
-    model = create_slim_resnet50(num_classes=num_classes, zero_init_residual=zero_init_residual)
-    space = space_2d(width_range=width_range, crops=crops, num_subnets=num_subnets, widths=widths)
-    return attach_space(model, space)
+    """MutualNet ResNet-50 (torchvision names): widths [0.9, 1.0] ("boost" mode) by default.
+
+    ``weights``: a checkpoint path or URL, loaded strictly (torchvision's ``resnet50`` state
+    dicts load: width 1.0 is torchvision's network).
+    """
+    model = create_slimmable_resnet50(num_classes=num_classes, zero_init_residual=zero_init_residual)
+    attach_space(model, space_2d(width_range=width_range, crops=crops, num_subnets=num_subnets, widths=widths))
+    return finish_entrypoint(model, default_cfg=_RESNET50, weights=weights)

@@ -33,17 +33,18 @@ from torchvision.models.segmentation.fcn import FCNHead
 
 from ..core import ConfigSpace, attach_space, distillation_loss
 from ..core.heads import IntermediateFeatures
+from ._builder import finish_entrypoint
 from ._slim2d import convert_2d, space_2d
-from .mobilenet import create_slim_mobilenet_v2
-from .registry import register_model
-from .resnet2d import create_slim_resnet50
+from .mobilenet import create_slimmable_mobilenet_v2
+from .registry import IMAGENET_MEAN, IMAGENET_STD, DefaultCfg, register_model
+from .resnet2d import create_slimmable_resnet50
 
 __all__ = [
     "mobilenet_v2_seg_backbone",
     "resnet50_seg_backbone",
     "slim_deeplab_head",
     "slim_fcn_head",
-    "create_slim_segmenter",
+    "create_slimmable_segmenter",
     "pixel_losses",
     "segmentation_losses",
     "mutual_deeplabv3_mobilenet_v2",
@@ -56,14 +57,14 @@ SEGMENTATION_CROPS = (512, 448, 384, 320)
 
 def mobilenet_v2_seg_backbone() -> tuple[IntermediateFeatures, int]:
     """Slimmable MobileNetV2 ``features`` returning ``{"out": (N, 1280, H/32, W/32)}``; and 1280."""
-    features = create_slim_mobilenet_v2(num_classes=1000).features
+    features = create_slimmable_mobilenet_v2(num_classes=1000).features
     stages = OrderedDict((str(i), m) for i, m in enumerate(features))
     return IntermediateFeatures(stages=stages, return_layers={"18": "out"}), features[18][0].out_channels
 
 
 def resnet50_seg_backbone() -> tuple[IntermediateFeatures, int]:
     """Slimmable ResNet-50 dilated to output stride 8: ``{"out": (N, 2048*w, H/8, W/8)}``; and 2048."""
-    resnet = create_slim_resnet50(num_classes=1000, replace_stride_with_dilation=[False, True, True])
+    resnet = create_slimmable_resnet50(num_classes=1000, replace_stride_with_dilation=[False, True, True])
     stages = OrderedDict((name, m) for name, m in resnet.named_children() if name not in ("avgpool", "fc"))
     return IntermediateFeatures(stages=stages, return_layers={"layer4": "out"}), 2048
 
@@ -78,7 +79,7 @@ def slim_fcn_head(*, in_channels: int, num_classes: int) -> nn.Module:
     return convert_2d(FCNHead(in_channels, num_classes), keep_out=lambda name: True)
 
 
-def create_slim_segmenter(*, backbone: IntermediateFeatures, head: nn.Module, space: ConfigSpace,
+def create_slimmable_segmenter(*, backbone: IntermediateFeatures, head: nn.Module, space: ConfigSpace,
                           model_class: type[DeepLabV3] | type[FCN] = DeepLabV3) -> nn.Module:
     """``model_class(backbone, head)`` with ``space`` attached; ``model(x)["out"]`` is ``(N, K, H, W)``."""
     if space.is_video:
@@ -88,37 +89,49 @@ def create_slim_segmenter(*, backbone: IntermediateFeatures, head: nn.Module, sp
     return attach_space(model_class(backbone, head, None), space)
 
 
-@register_model
+_SEGMENTER = DefaultCfg(crop=SEGMENTATION_CROPS[0], mean=IMAGENET_MEAN, std=IMAGENET_STD)
+
+
+def _create_segmenter(*, backbone: IntermediateFeatures, head: nn.Module, space: ConfigSpace, weights: str | None,
+                      model_class: type[DeepLabV3] | type[FCN] = DeepLabV3) -> nn.Module:
+    model = create_slimmable_segmenter(backbone=backbone, head=head, space=space, model_class=model_class)
+    return finish_entrypoint(model, default_cfg=_SEGMENTER, weights=weights)
+
+
+@register_model(default_cfg=_SEGMENTER)
 def mutual_deeplabv3_mobilenet_v2(*, num_classes: int = 21, width_range: Sequence[float] = (0.7, 1.0),
                                   crops: Sequence[int] = SEGMENTATION_CROPS, num_subnets: int = 4,
-                                  widths: Sequence[float] = ()) -> nn.Module:
-    """DeepLabV3 (ASPP head) on a slimmable MobileNetV2 (output stride 32)."""
+                                  widths: Sequence[float] = (), weights: str | None = None) -> nn.Module:
+    """DeepLabV3 (ASPP head) on a slimmable MobileNetV2 (output stride 32); ``weights``: a
+    checkpoint path or URL, loaded strictly."""
     backbone, channels = mobilenet_v2_seg_backbone()
     head = slim_deeplab_head(in_channels=channels, num_classes=num_classes)
     space = space_2d(width_range=width_range, crops=crops, num_subnets=num_subnets, widths=widths)
-    return create_slim_segmenter(backbone=backbone, head=head, space=space)
+    return _create_segmenter(backbone=backbone, head=head, space=space, weights=weights)
 
 
-@register_model
+@register_model(default_cfg=_SEGMENTER)
 def mutual_deeplabv3_resnet50(*, num_classes: int = 21, width_range: Sequence[float] = (0.9, 1.0),
                               crops: Sequence[int] = SEGMENTATION_CROPS, num_subnets: int = 4,
-                              widths: Sequence[float] = ()) -> nn.Module:
-    """DeepLabV3 (ASPP head) on a slimmable, dilated ResNet-50 (output stride 8)."""
+                              widths: Sequence[float] = (), weights: str | None = None) -> nn.Module:
+    """DeepLabV3 (ASPP head) on a slimmable, dilated ResNet-50 (output stride 8); ``weights``
+    as :func:`mutual_deeplabv3_mobilenet_v2`."""
     backbone, channels = resnet50_seg_backbone()
     head = slim_deeplab_head(in_channels=channels, num_classes=num_classes)
     space = space_2d(width_range=width_range, crops=crops, num_subnets=num_subnets, widths=widths)
-    return create_slim_segmenter(backbone=backbone, head=head, space=space)
+    return _create_segmenter(backbone=backbone, head=head, space=space, weights=weights)
 
 
-@register_model
+@register_model(default_cfg=_SEGMENTER)
 def mutual_fcn_resnet50(*, num_classes: int = 21, width_range: Sequence[float] = (0.9, 1.0),
                         crops: Sequence[int] = SEGMENTATION_CROPS, num_subnets: int = 4,
-                        widths: Sequence[float] = ()) -> nn.Module:
-    """FCN on a slimmable, dilated ResNet-50 (output stride 8)."""
+                        widths: Sequence[float] = (), weights: str | None = None) -> nn.Module:
+    """FCN on a slimmable, dilated ResNet-50 (output stride 8); ``weights`` as
+    :func:`mutual_deeplabv3_mobilenet_v2`."""
     backbone, channels = resnet50_seg_backbone()
     head = slim_fcn_head(in_channels=channels, num_classes=num_classes)
     space = space_2d(width_range=width_range, crops=crops, num_subnets=num_subnets, widths=widths)
-    return create_slim_segmenter(backbone=backbone, head=head, space=space, model_class=FCN)
+    return _create_segmenter(backbone=backbone, head=head, space=space, weights=weights, model_class=FCN)
 
 
 # -- training ----------------------------------------------------------------------------

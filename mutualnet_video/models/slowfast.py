@@ -16,9 +16,9 @@ from pytorchvideo.models.slowfast import FuseFastToSlow, create_slowfast
 from torch import nn
 
 from ..core import SlimBatchNorm3d
-from ._builder import builder_default, default_input, make_space, merge_defaults
+from ._builder import builder_default, default_input, finish_entrypoint, make_space
 from .convert import slimmable
-from .registry import register_model
+from .registry import KINETICS_MEAN, KINETICS_STD, DefaultCfg, register_model
 
 __all__ = ["create_slimmable_slowfast", "mutual_slowfast_r50"]
 
@@ -83,9 +83,36 @@ def create_slimmable_slowfast(
     return slimmable(model, space=space, slim_fast=slim_fast)
 
 
-@register_model
-def mutual_slowfast_r50(**kwargs) -> nn.Module:
-    """SlowFast R50 8x8 (alpha 4, beta 1/8); slow space: width [0.5, 1], frames {8, 6, 4},
-    crops {224, 192, 160, 128}; the Fast pathway keeps its width."""
-    defaults = dict(model_depth=50, frames=(8, 6, 4), crops=(224, 192, 160, 128))
-    return create_slimmable_slowfast(**merge_defaults(defaults, kwargs))
+_SLOWFAST_R50 = DefaultCfg(frames=8, crop=224, mean=KINETICS_MEAN, std=KINETICS_STD, slowfast_alpha=4)
+
+
+@register_model(default_cfg=_SLOWFAST_R50)
+def mutual_slowfast_r50(
+    *,
+    model_num_class: int = 400,
+    width_range: Sequence[float] = (0.5, 1.0),
+    frames: Sequence[int] | int = (8, 6, 4),
+    crops: Sequence[int] | int = (224, 192, 160, 128),
+    num_subnets: int = 4,
+    widths: Sequence[float] = (),
+    weights: str | None = None,
+    **create_slowfast_kwargs,
+) -> nn.Module:
+    """SlowFast R50 8x8 (alpha 4, beta 1/8; PyTorchVideo's ``slowfast_r50``); slow space:
+    width [0.5, 1], frames {8, 6, 4}, crops {224, 192, 160, 128}; the Fast pathway keeps its width.
+
+    ``weights``: a checkpoint path or URL (e.g. the ``slowfast_r50`` zoo file), loaded strictly
+    (width 1.0 is the stock network); ``create_slowfast_kwargs``: any other keyword of
+    ``create_slimmable_slowfast`` / ``create_slowfast`` (e.g. ``slim_fast``).
+    """
+    nominal = _SLOWFAST_R50
+    pool = (nominal.crop // 32, nominal.crop // 32)
+    kwargs = dict(
+        model_depth=50,
+        slowfast_fusion_conv_stride=(nominal.slowfast_alpha, 1, 1),
+        head_pool_kernel_sizes=((nominal.frames, *pool), (nominal.slowfast_alpha * nominal.frames, *pool)),
+    )
+    kwargs.update(create_slowfast_kwargs)
+    model = create_slimmable_slowfast(model_num_class=model_num_class, width_range=width_range, frames=frames,
+                                      crops=crops, num_subnets=num_subnets, widths=widths, **kwargs)
+    return finish_entrypoint(model, default_cfg=nominal, weights=weights)
