@@ -366,6 +366,46 @@ def test_bn_slice_running_stats_update_like_nn(momentum):
     assert int(slim.num_batches_tracked) == 3
 
 
+# -- synchronized BatchNorm: a public conversion that shares the layer's state ----------
+def test_convert_slim_sync_batchnorm_shares_state_and_keeps_keys():
+    from mutualnet_video.core import SlimSyncBatchNorm2d, SlimSyncBatchNorm3d, convert_slim_sync_batchnorm
+
+    torch.manual_seed(0)
+    shared = SlimBatchNorm3d(16)
+    model = _tiny_model()
+    model.append(shared), model.append(shared)  # one layer under two names
+    model.append(nn.BatchNorm3d(16))
+    calibrate = SubnetConfig(0.5, 2, 8)
+    model[1].store_stats(calibrate, torch.rand(8), torch.rand(8) + 0.5)
+    model[1].block_final_bn = True  # an attribute set by a builder (PyTorchVideo)
+    calls = []
+    model[1].register_forward_pre_hook(lambda m, a: calls.append(a[0].shape[1]))
+    set_config(model, calibrate)
+    before = {k: v for k, v in model.state_dict(keep_vars=True).items()}
+    old = model[1]
+    assert convert_slim_sync_batchnorm(model) is model
+    new = model[1]
+    assert type(new) is SlimSyncBatchNorm3d and new is not old and type(old) is SlimBatchNorm3d  # old left as is
+    assert type(model[4]) is SlimSyncBatchNorm3d and model[5] is model[4]  # still shared
+    assert type(model[6]) is nn.SyncBatchNorm  # a plain BN: PyTorch's (CUDA only to run)
+    after = model.state_dict(keep_vars=True)
+    assert after.keys() == before.keys() and all(after[k] is before[k] for k in before if not k.startswith("6."))
+    assert new.config_stats["w0500_f2_c8"][0] is old.config_stats["w0500_f2_c8"][0]
+    assert new.block_final_bn and new.subnet == calibrate and new.training == old.training
+    model.eval()
+    with torch.no_grad():
+        y = new(torch.randn(2, 8, 2, 4, 4))  # one process, eval: the calibrated statistics
+    assert calls == [8] and y.shape[1] == 8
+    x = torch.randn(2, 8, 2, 4, 4)
+    torch.testing.assert_close(new(x), old.eval()(x), rtol=0, atol=0)
+    assert convert_slim_sync_batchnorm(model)[1] is new  # already synchronized: kept
+    top = convert_slim_sync_batchnorm(SlimBatchNorm2d(8))  # a model that is one layer
+    assert type(top) is SlimSyncBatchNorm2d
+    with pytest.raises(TypeError, match=r"SlimSyncBatchNorm2d\.from_slim takes .* SlimBatchNorm3d "
+                                        r"\(use SlimSyncBatchNorm3d\.from_slim\)"):
+        SlimSyncBatchNorm2d.from_slim(old)
+
+
 # -- switching ----------------------------------------------------------------------
 def _tiny_model() -> nn.Module:
     model = nn.Sequential(SlimConv3d(3, 16, 1), SlimBatchNorm3d(16), nn.ReLU(), SlimConv3d(16, 32, 1))

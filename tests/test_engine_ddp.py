@@ -76,7 +76,7 @@ def _sync_bn_worker(rank: int, world_size: int, port: int, out: str) -> None:
     import torch.distributed as dist
 
     from mutualnet_video.core import SlimBatchNorm3d
-    from mutualnet_video.engine.sync_bn import SlimSyncBatchNorm3d, convert_slim_sync_batchnorm
+    from mutualnet_video.core import SlimSyncBatchNorm3d, convert_slim_sync_batchnorm
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)

@@ -197,8 +197,7 @@ def test_single_mode_trains_full_config_only(tmp_path):
 
 
 def test_sync_bn_converts_slim_layers_in_place_and_refuses_plain_bn_on_cpu(tmp_path):
-    from mutualnet_video.core import SlimBatchNorm3d
-    from mutualnet_video.engine.sync_bn import SlimSyncBatchNorm3d
+    from mutualnet_video.core import SlimBatchNorm3d, SlimSyncBatchNorm3d
 
     plain = Trainer(_cfg(tmp_path / "a"))
     synced = Trainer(_cfg(tmp_path / "b", train={"sync_bn": True}))

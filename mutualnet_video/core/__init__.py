@@ -21,6 +21,7 @@ from .switch import (
     slimmable_modules,
     use_config,
 )
+from .sync_bn import SlimSyncBatchNorm, SlimSyncBatchNorm2d, SlimSyncBatchNorm3d, convert_slim_sync_batchnorm
 from .width import make_divisible, scale_channels
 
 __all__ = [
@@ -33,6 +34,10 @@ __all__ = [
     "SlimConv3d",
     "SlimLinear",
     "SlimmableModule",
+    "SlimSyncBatchNorm",
+    "SlimSyncBatchNorm2d",
+    "SlimSyncBatchNorm3d",
+    "convert_slim_sync_batchnorm",
     "DistillationLoss",
     "distillation_loss",
     "attach_space",

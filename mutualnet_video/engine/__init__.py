@@ -10,7 +10,6 @@ from .compare import METHODS, Comparison, compare_methods, plan_runs, write_comp
 from .config import ConfigError, build_model, instantiate, load_config
 from .mutual import SandwichSampler, SingleSampler, mutual_step
 from .optim import build_lr_scheduler, build_optimizer, lr_multiplier, param_groups
-from .sync_bn import convert_slim_sync_batchnorm
 from .trainer import Trainer, final_evaluation
 
 __all__ = [
@@ -29,7 +28,6 @@ __all__ = [
     "build_lr_scheduler",
     "lr_multiplier",
     "param_groups",
-    "convert_slim_sync_batchnorm",
     "compare_methods",
     "plan_runs",
     "write_comparison",

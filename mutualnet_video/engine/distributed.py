@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..core import SlimmableModule
+from ..core import SlimmableModule, convert_slim_sync_batchnorm
 
 __all__ = [
     "init_distributed",
@@ -18,7 +18,7 @@ __all__ = [
     "barrier",
     "all_reduce_sum",
     "resolve_device",
-    "check_sync_bn",
+    "convert_sync_bn",
 ]
 
 
@@ -76,16 +76,16 @@ def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     return tensor.tolist()
 
 
-def check_sync_bn(model: nn.Module, device: torch.device | None = None) -> nn.Module:
-    """``train.sync_bn``: synchronize BatchNorm statistics over the processes.
+def convert_sync_bn(model: nn.Module, device: torch.device | None = None) -> nn.Module:
+    """``train.sync_bn``: convert ``model``'s BatchNorm layers to synchronize their statistics
+    over the processes; returns the model (see
+    :func:`~mutualnet_video.core.sync_bn.convert_slim_sync_batchnorm`).
 
-    Slimmable BatchNorm layers become :class:`~mutualnet_video.engine.sync_bn.SlimSyncBatchNorm`
+    Slimmable BatchNorm layers become :class:`~mutualnet_video.core.sync_bn.SlimSyncBatchNorm`
     (per-width slicing and per-config statistics kept; works with gloo and nccl). Plain
     ``nn.BatchNorm`` layers become ``nn.SyncBatchNorm``, which PyTorch runs on CUDA only:
-    on another device they are refused, naming one.
+    on another device (``device`` not CUDA) they are refused with a ``ValueError`` naming one.
     """
-    from .sync_bn import convert_slim_sync_batchnorm
-
     plain = [name for name, m in model.named_modules()
              if isinstance(m, nn.modules.batchnorm._BatchNorm) and not isinstance(m, SlimmableModule)]
     if plain and device is not None and device.type != "cuda":
@@ -94,3 +94,6 @@ def check_sync_bn(model: nn.Module, device: torch.device | None = None) -> nn.Mo
             f"which PyTorch supports on CUDA only (device {device}); set train.sync_bn=false"
         )
     return convert_slim_sync_batchnorm(model)
+
+
+check_sync_bn = convert_sync_bn  # the old name, until engine/trainer.py calls convert_sync_bn
