@@ -13,8 +13,7 @@ from fvcore.nn import FlopCountAnalysis
 from torch import nn
 from torchvision.models.resnet import Bottleneck
 
-import mutualnet_video  # noqa: F401  (compat shims)
-from mutualnet_video.core import SlimmableModule, SubnetConfig, get_space, scale_channels, use_config
+from mutualnet_video.core import SlimmableModule, SubnetConfig, get_space, use_config
 from mutualnet_video.models import detection, mobilenet, resnet2d, segmentation  # noqa: F401 (registration)
 from mutualnet_video.models.registry import create_model, list_models
 
@@ -87,7 +86,15 @@ def test_every_conv_bn_linear_is_slimmable():
 
 # -- a sub-network equals a dense network built from the sliced weights ------------------
 def _md(channels: int, width: float) -> int:
-    return scale_channels(channels, width)
+    """The width rule, computed here (REFERENCE.md Sec. 1): the nearest multiple of 8 of
+    ``channels * width``, at least 8, never below 90% of it, capped at ``channels``."""
+    if width == 1.0:
+        return channels
+    value = channels * width
+    rounded = max(8, int(value + 4) // 8 * 8)
+    if rounded < 0.9 * value:
+        rounded += 8
+    return min(channels, rounded)
 
 
 def _mobilenet_v1_rule(name, conv, cur, block_in, width):

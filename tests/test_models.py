@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
-import copy
+import functools
 
 import pytest
 import torch
-from pytorchvideo.models.resnet import create_resnet
-from pytorchvideo.models.slowfast import create_slowfast
-from pytorchvideo.models.x3d import create_x3d
+from fvcore.nn.squeeze_excitation import SqueezeExcitation
+from pytorchvideo.models.head import create_res_basic_head
+from pytorchvideo.models.net import MultiPathWayWithFuse, Net
+from pytorchvideo.models.resnet import create_bottleneck_block, create_res_stage, create_resnet
+from pytorchvideo.models.slowfast import FuseFastToSlow, PoolConcatPathway, create_slowfast
+from pytorchvideo.models.stem import create_res_basic_stem
+from pytorchvideo.models.x3d import (
+    create_x3d,
+    create_x3d_bottleneck_block,
+    create_x3d_head,
+    create_x3d_res_stage,
+    create_x3d_stem,
+)
 from torch import nn
 
 import mutualnet_video  # noqa: F401  (compat aliases before pytorchvideo)
@@ -16,7 +26,6 @@ from mutualnet_video.core import (
     ConfigSpace,
     SlimBatchNorm3d,
     SlimConv3d,
-    SlimLinear,
     SubnetConfig,
     dummy_input,
     get_space,
@@ -141,81 +150,182 @@ def test_slimmable_converts_in_place_keeping_tensors_and_attributes():
 
 
 # -- a sub-network equals a dense network built from the sliced weights ---------------
-def _sliced_index(module, width: float, in_active: int) -> torch.Tensor:
-    """Active input indices, computed here from in_splits (independent of the layer code)."""
-    if module.in_splits is None:
-        return torch.arange(in_active)
-    parts, offset = [], 0
-    for channels, slim in module.in_splits:
-        parts.append(torch.arange(offset, offset + (scale_channels(channels, width) if slim else channels)))
-        offset += channels
-    return torch.cat(parts)
+# The dense reference is built from stock PyTorchVideo parts with channel counts computed
+# HERE from the width rule of REFERENCE.md Sec. 1 (never read from the model): a layer of c
+# channels keeps make_divisible(c * w, 8) -- the nearest multiple of 8, at least 8, never
+# below 90% of c * w -- capped at c, and exactly c at width 1; the classifier keeps its
+# classes; SlowFast's Fast pathway keeps its width unless slim_fast. A wrong rule in the
+# library gives a different network here, so a shape or value mismatch.
+def _rule(channels: int, width: float) -> int:
+    if width == 1.0:
+        return channels
+    value = channels * width
+    rounded = max(8, int(value + 4) // 8 * 8)
+    if rounded < 0.9 * value:
+        rounded += 8
+    return min(channels, rounded)
 
 
-def _dense_copy(model: nn.Module, cfg: SubnetConfig, x) -> nn.Module:
-    """A copy of ``model`` where each slim layer is a plain nn layer of its active shape."""
-    shapes: dict[str, tuple[int, int]] = {}
-    hooks = [
-        m.register_forward_hook(lambda mod, args, out, name=name: shapes.__setitem__(
-            name, (args[0].shape[1] if not isinstance(mod, nn.Linear) else args[0].shape[-1],
-                   out.shape[1] if not isinstance(mod, nn.Linear) else out.shape[-1])))
-        for name, m in slimmable_modules(model)
-    ]
-    with torch.no_grad(), use_config(model, cfg):
-        model([t.clone() for t in x] if isinstance(x, list) else x)
-    for h in hooks:
-        h.remove()
-    dense = copy.deepcopy(model)
-    for name, m in list(slimmable_modules(dense)):
-        c_in, c_out = shapes[name]
-        with torch.no_grad():
-            if isinstance(m, SlimConv3d):
-                depthwise = m.groups > 1
-                new = nn.Conv3d(c_in, c_out, m.kernel_size, stride=m.stride, padding=m.padding,
-                                dilation=m.dilation, groups=c_out if depthwise else 1, bias=m.bias is not None)
-                w = m.weight[:c_out]
-                if not depthwise:
-                    w = w.index_select(1, _sliced_index(m, cfg.width, c_in))
-                new.weight.copy_(w)
-                if m.bias is not None:
-                    new.bias.copy_(m.bias[:c_out])
-            elif isinstance(m, SlimLinear):
-                new = nn.Linear(c_in, c_out, bias=m.bias is not None)
-                new.weight.copy_(m.weight[:c_out].index_select(1, _sliced_index(m, cfg.width, c_in)))
-                new.bias.copy_(m.bias[:c_out])
-            else:
-                new = nn.BatchNorm3d(c_in, eps=m.eps, momentum=m.momentum)
-                new.weight.copy_(m.weight[:c_in])
-                new.bias.copy_(m.bias[:c_in])
-                new.running_mean.copy_(m.running_mean[:c_in])
-                new.running_var.copy_(m.running_var[:c_in])
-        parent, _, child = name.rpartition(".")
-        setattr(dense.get_submodule(parent) if parent else dense, child, new)
-    assert not list(slimmable_modules(dense))
+def _part_index(parts: list[tuple[int, int]]) -> torch.Tensor:
+    """Input channels of a layer fed by a concatenation: the leading ``active`` of each ``full`` part."""
+    index, offset = [], 0
+    for full, active in parts:
+        index.append(torch.arange(offset, offset + active))
+        offset += full
+    return torch.cat(index)
+
+
+def _res_stage(depth: int, dim_in: int, dim_inner: int, dim_out: int, kernel_a: tuple, stride: int) -> nn.Module:
+    """PyTorchVideo's ResNet stage as ``create_resnet`` / ``create_slowfast`` build it."""
+    return create_res_stage(
+        depth=depth, dim_in=dim_in, dim_inner=dim_inner, dim_out=dim_out, bottleneck=create_bottleneck_block,
+        conv_a_kernel_size=kernel_a, conv_a_stride=(1, 1, 1), conv_a_padding=tuple(k // 2 for k in kernel_a),
+        conv_b_kernel_size=(1, 3, 3), conv_b_stride=(1, stride, stride), conv_b_padding=(0, 1, 1),
+    )
+
+
+def _res_stem(out_channels: int, kernel: tuple) -> nn.Module:
+    return create_res_basic_stem(
+        in_channels=3, out_channels=out_channels, conv_kernel_size=kernel, conv_stride=(1, 2, 2),
+        conv_padding=tuple(k // 2 for k in kernel), pool=nn.MaxPool3d, pool_kernel_size=(1, 3, 3),
+        pool_stride=(1, 2, 2), pool_padding=(0, 1, 1),
+    )
+
+
+# X3D of X3D_KW (width factor 2, depth factor 1, bottleneck 2.25, SE 1/16 on every other block):
+# stem 24; per stage (depth, dim_out, dim_inner, SE channels); head dim_inner -> 2048 -> classes.
+_X3D_STEM, _X3D_HEAD = 24, 2048
+_X3D_STAGES = ((1, 24, 54, 8), (2, 48, 108, 8), (5, 96, 216, 16), (3, 192, 432, 32))
+
+
+def _x3d_bottleneck(*, se_channels: int, se_ratio: float, dim_inner: int, **kwargs) -> nn.Module:
+    """``create_x3d_bottleneck_block`` whose SE block has ``se_channels`` (the slimmed count)."""
+    block = create_x3d_bottleneck_block(dim_inner=dim_inner, se_ratio=0.0, **kwargs)
+    if se_ratio > 0:
+        block.norm_b[1] = SqueezeExcitation(num_channels=dim_inner, num_channels_reduced=se_channels, is_3d=True)
+    return block
+
+
+def _dense_x3d(width: float, *, slim_fast: bool = False) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    a = functools.partial(_rule, width=width)
+    blocks = [create_x3d_stem(in_channels=3, out_channels=a(_X3D_STEM), conv_kernel_size=(5, 3, 3),
+                              conv_stride=(1, 2, 2), conv_padding=(2, 1, 1))]
+    dim_in = a(_X3D_STEM)
+    for depth, dim_out, dim_inner, se in _X3D_STAGES:
+        blocks.append(create_x3d_res_stage(
+            depth=depth, dim_in=dim_in, dim_inner=a(dim_inner), dim_out=a(dim_out),
+            bottleneck=functools.partial(_x3d_bottleneck, se_channels=a(se)), conv_stride=(1, 2, 2),
+        ))
+        dim_in = a(dim_out)
+    blocks.append(create_x3d_head(dim_in=dim_in, dim_inner=a(_X3D_STAGES[-1][2]), dim_out=a(_X3D_HEAD),
+                                  num_classes=10, pool_kernel_size=(2, 1, 1), dropout_rate=0.0, activation=None))
+    return Net(blocks=nn.ModuleList(blocks)), {}
+
+
+# Slow R50 of SLOW_TINY_KW with stem 16: per stage (depth, conv_a kernel, spatial stride);
+# stage i has inner 16 * 2^i and output 4 x inner channels.
+_SLOW_STAGES = ((3, (1, 1, 1), 1), (4, (1, 1, 1), 2), (6, (3, 1, 1), 2), (3, (3, 1, 1), 2))
+
+
+def _dense_slow(width: float, *, slim_fast: bool = False) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    a = functools.partial(_rule, width=width)
+    blocks, dim_in, inner = [_res_stem(a(16), (1, 7, 7))], a(16), 16
+    for depth, kernel_a, stride in _SLOW_STAGES:
+        blocks.append(_res_stage(depth, dim_in, a(inner), a(4 * inner), kernel_a, stride))
+        dim_in, inner = a(4 * inner), 2 * inner
+    blocks.append(create_res_basic_head(in_features=dim_in, out_features=10, pool=nn.AdaptiveAvgPool3d,
+                                        output_size=(1, 1, 1), dropout_rate=0.0))
+    return Net(blocks=nn.ModuleList(blocks)), {}
+
+
+def _dense_slowfast(width: float, *, slim_fast: bool = False) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    """SlowFast of SLOWFAST_TINY_KW (depth 18, stems 16 / 2, beta 1/8, lateral 2x fast channels,
+    alpha 4); the layers fed by a concatenation read the leading active channels of each part."""
+    a = functools.partial(_rule, width=width)
+    f = a if slim_fast else (lambda channels: channels)
+    in_index: dict[str, torch.Tensor] = {}
+
+    def fusion(fast_channels: int) -> tuple[nn.Module, int]:
+        lateral = 2 * fast_channels
+        conv = nn.Conv3d(f(fast_channels), a(lateral), (7, 1, 1), stride=(4, 1, 1), padding=(3, 0, 0), bias=False)
+        return FuseFastToSlow(conv_fast_to_slow=conv, norm=nn.BatchNorm3d(a(lateral)), activation=nn.ReLU()), lateral
+
+    fuse, lateral = fusion(2)
+    stems = nn.ModuleList([_res_stem(a(16), (1, 7, 7)), _res_stem(f(2), (5, 7, 7))])
+    blocks = [MultiPathWayWithFuse(multipathway_blocks=stems, multipathway_fusion=fuse)]
+    slow_in, fast_in, inner = 16, 2, 16
+    for idx, (kernel_a, stride) in enumerate(zip(((1, 1, 1), (1, 1, 1), (3, 1, 1), (3, 1, 1)), (1, 2, 2, 2))):
+        first = f"blocks.{idx + 1}.multipathway_blocks.0.res_blocks.0"
+        parts = [(slow_in, a(slow_in)), (lateral, a(lateral))]
+        in_index[f"{first}.branch1_conv"] = in_index[f"{first}.branch2.conv_a"] = _part_index(parts)
+        slow = _res_stage(1, a(slow_in) + a(lateral), a(inner), a(4 * inner), kernel_a, stride)
+        fast = _res_stage(1, f(fast_in), f(inner // 8), f(4 * inner // 8), (3, 1, 1), stride)
+        fuse, lateral = fusion(4 * inner // 8) if idx < 3 else (nn.Identity(), 0)
+        blocks.append(MultiPathWayWithFuse(multipathway_blocks=nn.ModuleList([slow, fast]), multipathway_fusion=fuse))
+        slow_in, fast_in, inner = 4 * inner, 4 * inner // 8, 2 * inner
+    blocks.append(PoolConcatPathway(retain_list=False, pool=nn.ModuleList([nn.AdaptiveAvgPool3d(1)] * 2)))
+    in_index["blocks.6.proj"] = _part_index([(slow_in, a(slow_in)), (fast_in, f(fast_in))])
+    blocks.append(create_res_basic_head(in_features=a(slow_in) + f(fast_in), out_features=10, pool=None,
+                                        dropout_rate=0.0))
+    return Net(blocks=nn.ModuleList(blocks)), in_index
+
+
+def _load_sliced(dense: nn.Module, model: nn.Module, in_index: dict[str, torch.Tensor]) -> nn.Module:
+    """``dense`` loaded strictly with the leading slices of ``model``'s tensors (the inputs of the
+    layers in ``in_index`` picked part by part)."""
+    source = model.state_dict()
+    sliced = {}
+    for key, target in dense.state_dict().items():
+        tensor = source[key]
+        if tensor.dim() > 0:
+            tensor = tensor[: target.shape[0]]
+            layer = key.rpartition(".")[0]
+            if tensor.dim() > 1:
+                tensor = tensor.index_select(1, in_index[layer]) if layer in in_index else tensor[:, : target.shape[1]]
+        sliced[key] = tensor
+    dense.load_state_dict(sliced, strict=True)
     return dense.eval()
 
 
 SUBNET_CASES = {
-    "x3d": (lambda: create_slimmable_x3d(**X3D_KW, width_range=(0.25, 1.0), frames=(2, 1), crops=(32,)), {}),
+    "x3d": (lambda: create_slimmable_x3d(**X3D_KW, width_range=(0.25, 1.0), frames=(2, 1), crops=(32,)),
+            _dense_x3d, False),
     "slow": (lambda: create_slimmable_resnet(**dict(SLOW_TINY_KW, stem_dim_out=16), width_range=(0.25, 1.0),
-                                             frames=(2, 1), crops=(32,)), {}),
+                                             frames=(2, 1), crops=(32,)), _dense_slow, False),
     "slowfast": (lambda: create_slimmable_slowfast(**SLOWFAST_TINY_KW, width_range=(0.25, 1.0), frames=(2, 1),
-                                                   crops=(32,)), {}),
+                                                   crops=(32,)), _dense_slowfast, False),
     "slowfast_slim_fast": (lambda: create_slimmable_slowfast(**SLOWFAST_TINY_KW, width_range=(0.25, 1.0),
-                                                             frames=(2, 1), crops=(32,), slim_fast=True), {}),
+                                                             frames=(2, 1), crops=(32,), slim_fast=True),
+                           _dense_slowfast, True),
 }
+_STOCK_OF_CASE = {
+    "x3d": lambda: create_x3d(**X3D_KW, head_activation=None),
+    "slow": lambda: create_resnet(**dict(SLOW_TINY_KW, stem_dim_out=16)),
+    "slowfast": lambda: create_slowfast(**SLOWFAST_TINY_KW),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_STOCK_OF_CASE))
+def test_dense_reference_at_full_width_is_the_stock_network(case):
+    """The architectures written out above are the stock builders' (so the rule is all that changes)."""
+    dense, _ = SUBNET_CASES[case][1](1.0)
+    stock = _STOCK_OF_CASE[case]()
+    assert {k: v.shape for k, v in dense.state_dict().items()} == {k: v.shape for k, v in stock.state_dict().items()}
 
 
 @pytest.mark.parametrize("case", sorted(SUBNET_CASES))
 @pytest.mark.parametrize("width", [0.25, 0.6])
 def test_subnetwork_equals_dense_network_of_sliced_weights(case, width):
     torch.manual_seed(0)
-    model = _randomize(SUBNET_CASES[case][0]()).eval()
+    build, build_dense, slim_fast = SUBNET_CASES[case]
+    model = _randomize(build()).eval()
     space = get_space(model)
     cfg = SubnetConfig(width, space.frames[0], space.crops[-1])
     x = dummy_input(space, cfg)
     x = [t.normal_() for t in x] if isinstance(x, list) else x.normal_()
-    dense = _dense_copy(model, cfg, x)
+    dense, in_index = build_dense(width, slim_fast=slim_fast)
+    dense = _load_sliced(dense, model, in_index)
+    assert not list(slimmable_modules(dense))
     with torch.no_grad(), use_config(model, cfg):
         got = model([t.clone() for t in x] if isinstance(x, list) else x)
     with torch.no_grad():
