@@ -2,7 +2,7 @@
 """Clips/s of our data pipeline vs the stock PyTorchVideo Kinetics pipeline, side by side.
 
 * ours:  ``kinetics_dataset(split="train")`` decodes each clip once at the full
-  configuration, then ``MutualClipSampler`` derives ALL sandwich inputs from it.
+  configuration, then ``SandwichSampler`` derives ALL sandwich inputs from it.
 * stock: ``pytorchvideo.data.Kinetics`` with the standard transforms
   (UniformTemporalSubsample, /255, Normalize, RandomShortSideScale, RandomCrop,
   RandomHorizontalFlip), producing the full configuration's input only.
@@ -29,9 +29,9 @@ from collections.abc import Callable
 
 import torch
 
-import mutualnet_video  # noqa: F401  (compat alias before pytorchvideo.transforms)
 from mutualnet_video.core import ConfigSpace, SubnetConfig
-from mutualnet_video.data import MutualClipSampler, kinetics_dataset, make_synthetic_kinetics
+from mutualnet_video.data import kinetics_dataset, make_synthetic_kinetics
+from mutualnet_video.engine import SandwichSampler
 
 MEAN, STD = (0.45, 0.45, 0.45), (0.225, 0.225, 0.225)
 
@@ -60,7 +60,7 @@ def stock_dataset(csv: str, *, frames: int, crop: int, clip_duration: float, dec
                     decode_audio=False, decoder=decoder)
 
 
-def run_ours(csv: str, space: ConfigSpace, clip_duration: float, decoder: str, sampler: MutualClipSampler) -> int:
+def run_ours(csv: str, space: ConfigSpace, clip_duration: float, decoder: str, sampler: SandwichSampler) -> int:
     dataset = kinetics_dataset(data_path=csv, split="train", space=space, clip_duration=clip_duration,
                                decoder=decoder, shuffle=False)
     inputs = 0
@@ -114,7 +114,7 @@ def main() -> None:
     with open(csv, "w") as f:
         f.writelines(f"{p} 0\n" for p in paths)
     space = ConfigSpace(width_range=(0.25, 1.0), frames=tuple(frames), crops=tuple(crops), num_subnets=4)
-    sampler = MutualClipSampler(space, generator=torch.Generator().manual_seed(0))
+    sampler = SandwichSampler(space, generator=torch.Generator().manual_seed(0))
     # The naive alternative decodes each sandwich configuration separately; use one fixed
     # draw of the sandwich (full, smallest width, 2 random) so every repeat does the same work.
     naive_configs = space.sandwich(torch.Generator().manual_seed(0))

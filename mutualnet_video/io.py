@@ -11,6 +11,15 @@ from pathlib import Path
 __all__ = ["atomic_path", "atomic_write_text"]
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)  # the only way to read it; done once, at import
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path in ``path``'s folder; write it inside the block.
@@ -23,6 +32,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     tmp_path = Path(tmp)
+    os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; a plain open() would honour the umask
     try:
         yield tmp_path
         os.replace(tmp_path, path)

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from mutualnet_video.checkpoint import CheckpointMismatchError, load_weights, save_weights
 from mutualnet_video.core import SubnetConfig, clip_for_config, current_config, set_config, use_config
+from mutualnet_video.engine.inference import calibrated_path
 from mutualnet_video.evaluation.budgets import (
     BudgetRecord,
     format_table,
@@ -21,17 +23,11 @@ from mutualnet_video.evaluation.budgets import (
     plot_budgets,
     save_budgets,
     select_config,
+    write_report,
 )
 from mutualnet_video.evaluation.calibration import NotCalibratedError, calibrate_bn
 from mutualnet_video.evaluation.evaluator import evaluate_configs
 from mutualnet_video.evaluation.flops import count_flops, count_params
-from mutualnet_video.evaluation.runner import (
-    CheckpointMismatchError,
-    calibrated_path,
-    load_weights,
-    run_budgets,
-    save_weights,
-)
 from mutualnet_video.export import export_subnet
 from mutualnet_video.testing import toy_slowfast, toy_x3d
 
@@ -232,13 +228,14 @@ def test_query_budget_tool(tmp_path, capsys):
     assert "cheapest is (width=0.25, frames=4, crop=128)" in capsys.readouterr().err
 
 
-def test_run_budgets_calibrates_and_writes_the_table(tmp_path):
+def test_calibrate_evaluate_and_write_the_report(tmp_path):
     model = toy_x3d(num_classes=3)
     configs = [SubnetConfig(1.0, 4, 32), SubnetConfig(0.5, 2, 24)]
     calib = [torch.randn(2, 3, 4, 32, 32) for _ in range(2)]
-    records = run_budgets(model, test_loader=_Loader(model, videos=2, temporal=1, spatial=1), configs=configs,
-                          output_dir=tmp_path, calibration_batches=calib, calibration_num_batches=2,
-                          progress=False, meta={"model": "toy"})
+    calibrate_bn(model, calib, configs, num_batches=2)
+    records = evaluate_configs(model, _Loader(model, videos=2, temporal=1, spatial=1), configs, progress=False,
+                               require_calibrated=True)
+    write_report(records, tmp_path, meta={"model": "toy"})
     assert load_budgets(tmp_path / "budgets.json") == records
     assert {p.name for p in tmp_path.iterdir()} == {"budgets.json", "budgets.csv", "budgets.txt", "top1_vs_gflops.png"}
     assert json.loads((tmp_path / "budgets.json").read_text())["meta"]["model"] == "toy"

@@ -20,7 +20,6 @@ from mutualnet_video.core import ConfigSpace, SubnetConfig, clip_for_config, sub
 from mutualnet_video.data import (
     SYNTHETIC_CLASSES,
     ConstantClipsPerVideoSampler,
-    MutualClipSampler,
     build_loader,
     kinetics_dataset,
     make_synthetic_kinetics,
@@ -30,6 +29,7 @@ from mutualnet_video.data import (
     worker_split,
 )
 from mutualnet_video.data.decoding import SubsampledPyAV, open_video
+from mutualnet_video.engine import SandwichSampler
 
 SPACE = ConfigSpace(width_range=(0.25, 1.0), frames=(4, 2), crops=(32, 24))
 MEAN, STD = (0.45, 0.45, 0.45), (0.225, 0.225, 0.225)
@@ -226,7 +226,13 @@ def test_fixed_constant_clip_sampler_reaches_video_end(tmp_path):
     assert last_frame["stock"] == pytest.approx(15 * 11 + 8, abs=3)
 
 
-def test_sandwich_inputs_come_from_one_decode_per_clip(tiny, monkeypatch):
+def test_training_decodes_each_clip_once_for_every_sandwich_input(tiny, monkeypatch, tmp_path):
+    """On the path training runs (Trainer -> BatchStream -> SandwichSampler -> mutual_step):
+    one decode per clip per iteration, and every configuration's input cut from that clip."""
+    from mutualnet_video.engine import Trainer
+    from mutualnet_video.engine.config import default_config
+    from mutualnet_video.testing import create_toy_slimnet
+
     calls = []
     original = SubsampledPyAV.get_clip
 
@@ -235,25 +241,35 @@ def test_sandwich_inputs_come_from_one_decode_per_clip(tiny, monkeypatch):
         return original(self, start, end)
 
     monkeypatch.setattr(SubsampledPyAV, "get_clip", counting_get_clip)
-    dataset = kinetics_dataset(data_path=tiny["root"], split="train", space=SPACE)
-    loader = build_loader(dataset, batch_size=2, num_workers=0)
-    sampler = MutualClipSampler(SPACE, generator=torch.Generator().manual_seed(3))
-    reference = torch.Generator().manual_seed(3)
-    iterations = 0
-    for batch in loader:
+    cfg = default_config(
+        model={"_target_": "mutualnet_video.testing.create_toy_slimnet", "model_num_class": 4},
+        data={"train": {"_target_": "mutualnet_video.data.kinetics_dataset", "data_path": tiny["root"],
+                        "split": "train"},
+              "batch_size": 2, "num_workers": 0},
+        optim={"lr": 0.01, "max_iters": 4}, train={"progress": False, "tensorboard": False},
+        output_dir=str(tmp_path))
+    model = create_toy_slimnet(model_num_class=4, width_range=SPACE.width_range, frames=SPACE.frames,
+                               crops=SPACE.crops, num_subnets=4)
+    trainer = Trainer(cfg, model=model)
+    seen = []
+    model.register_forward_pre_hook(lambda module, args: seen.append((module.proj.subnet, args[0])))
+    step = trainer.run_step
+
+    def checked_step():
         before = len(calls)
-        pairs = sampler(batch["video"])
-        assert len(calls) == before  # the sampler decodes nothing
-        expected = SPACE.sandwich(reference)
-        assert [cfg for cfg, _ in pairs] == expected and pairs[0][0] == SPACE.full()
-        assert expected[1].width == SPACE.width_range[0] and len(pairs) == SPACE.num_subnets
-        for cfg, inputs in pairs:
-            assert inputs.shape == (2, 3, cfg.frames, cfg.crop, cfg.crop)
-            torch.testing.assert_close(inputs, clip_for_config(batch["video"], cfg))
-        assert pairs[0][1].data_ptr() == batch["video"].data_ptr()  # the full config IS the decoded clip
-        iterations += 1
-        assert len(calls) == 2 * iterations == sampler.num_clips_seen  # one decode per clip per iteration
-    assert iterations == 4 and dataset.stats["decoded"] == 8
+        step()
+        assert len(calls) == before + 2  # this iteration decoded its 2 clips once
+        full_clip = seen[-SPACE.num_subnets][1]
+        for cfg_seen, inputs in seen[-SPACE.num_subnets:]:
+            assert inputs.shape == (2, 3, cfg_seen.frames, cfg_seen.crop, cfg_seen.crop)
+            torch.testing.assert_close(inputs, clip_for_config(full_clip, cfg_seen))
+
+    trainer.run_step = checked_step
+    trainer.train()
+    reference = torch.Generator().manual_seed(cfg["train"]["seed"] + 1)  # the Trainer's sandwich seeding
+    expected = [c for _ in range(4) for c in SPACE.sandwich(reference)]
+    assert [c for c, _ in seen] == expected and expected[0] == SPACE.full()
+    assert len(calls) == 8 == trainer.sampler.num_clips_seen  # 4 iterations x 2 clips, one decode each
 
 
 def test_slowfast_space_gives_slow_and_fast_from_one_clip(tiny):
@@ -261,20 +277,20 @@ def test_slowfast_space_gives_slow_and_fast_from_one_clip(tiny):
     dataset = kinetics_dataset(data_path=tiny["root"], split="val", space=space)
     batch = next(iter(build_loader(dataset, batch_size=2)))
     assert batch["video"].shape == (2, 3, 8, 32, 32)
-    pairs = MutualClipSampler(space)(batch["video"])
+    pairs = SandwichSampler(space)(batch["video"])
     for cfg, (slow, fast) in pairs:
         assert fast.shape == (2, 3, 4 * cfg.frames, cfg.crop, cfg.crop)
         assert slow.shape == (2, 3, cfg.frames, cfg.crop, cfg.crop)
 
 
 def test_mutual_sampler_rejects_wrong_batches():
-    sampler = MutualClipSampler(SPACE)
+    sampler = SandwichSampler(SPACE)
     with pytest.raises(ValueError, match="B, C, T, H, W"):
         sampler(torch.zeros(3, 4, 32, 32))
     with pytest.raises(ValueError, match="T=4"):
         sampler(torch.zeros(1, 3, 2, 32, 32))
-    with pytest.raises(ValueError, match="video ConfigSpace"):
-        MutualClipSampler(ConfigSpace(width_range=(0.5, 1.0), crops=(32,)))
+    with pytest.raises(ValueError, match="H, W"):
+        SandwichSampler(ConfigSpace(width_range=(0.5, 1.0), crops=(32,)))(torch.zeros(1, 3, 4, 32, 32))
     assert sampler.num_clips_seen == 0
     pairs = sampler.inputs_for(torch.zeros(1, 3, 4, 32, 32), [SubnetConfig(0.5, 2, 24)])
     assert pairs[0][1].shape == (1, 3, 2, 24, 24)

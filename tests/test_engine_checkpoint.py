@@ -9,13 +9,9 @@ import pytest
 import torch
 
 import mutualnet_video  # noqa: F401
-from mutualnet_video.engine import checkpoint as ckpt_mod
-from mutualnet_video.engine.checkpoint import (
-    MutualCheckpointer,
-    capture_rng_state,
-    load_pretrained,
-    restore_rng_state,
-)
+from mutualnet_video import checkpoint as ckpt_mod
+from mutualnet_video.checkpoint import MutualCheckpointer, load_weights
+from mutualnet_video.engine.stream import capture_rng_state, restore_rng_state
 from mutualnet_video.testing import create_toy_slimnet
 
 
@@ -92,7 +88,7 @@ def test_load_is_weights_only(tmp_path):
     with pytest.raises(pickle.UnpicklingError):
         MutualCheckpointer(_model(), str(tmp_path)).load(str(path))
     with pytest.raises(pickle.UnpicklingError):
-        load_pretrained(_model(), str(path))
+        load_weights(_model(), str(path), source="model.weights")
 
 
 def test_strict_load_names_missing_unexpected_and_shapes(tmp_path):
@@ -108,11 +104,11 @@ def test_strict_load_names_missing_unexpected_and_shapes(tmp_path):
     other = create_toy_slimnet(channels=8, model_num_class=7).state_dict()
     torch.save({"model_state": other}, path)
     with pytest.raises(RuntimeError, match=r"shape mismatch: proj\.weight \(checkpoint \(7, 16\) vs model \(5, 16\)\)"):
-        load_pretrained(_model(), str(path))
+        load_weights(_model(), str(path), source="model.weights")
 
 
 @pytest.mark.parametrize("layout", ["plain", "model_state", "module_prefix"])
-def test_load_pretrained_stock_layouts(tmp_path, layout):
+def test_load_weights_stock_layouts(tmp_path, layout):
     source = _model(3)
     state = source.state_dict()
     if layout == "model_state":  # the PyTorchVideo model zoo layout
@@ -124,13 +120,13 @@ def test_load_pretrained_stock_layouts(tmp_path, layout):
     path = tmp_path / "stock.pyth"
     torch.save(obj, path)
     target = _model(4)
-    load_pretrained(target, str(path))
+    load_weights(target, str(path), source="model.weights")
     x = torch.randn(1, 3, 4, 32, 32)
     source.eval()
     target.eval()
     torch.testing.assert_close(target(x), source(x))
     with pytest.raises(FileNotFoundError, match="model.weights"):
-        load_pretrained(target, str(tmp_path / "absent.pth"))
+        load_weights(target, str(tmp_path / "absent.pth"), source="model.weights")
 
 
 def test_keep_prunes_old_periodic_checkpoints(tmp_path):

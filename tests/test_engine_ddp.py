@@ -37,10 +37,11 @@ def _worker(rank: int, world_size: int, port: int, out: str, sync_bn: bool) -> N
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    from mutualnet_video.engine import Trainer
+    from mutualnet_video.engine import Trainer, launch
 
-    trainer = Trainer(_cfg(out, sync_bn))
-    try:
+    cfg = _cfg(out, sync_bn)
+    with launch(cfg):
+        trainer = Trainer(cfg)
         assert isinstance(trainer.train_model, torch.nn.parallel.DistributedDataParallel)
         initial = {k: v.clone() for k, v in trainer.model.state_dict().items()}
         metrics = trainer.train()
@@ -49,8 +50,7 @@ def _worker(rank: int, world_size: int, port: int, out: str, sync_bn: bool) -> N
         final = trainer.final_evaluation()  # calibration + evaluation on each rank's shard, hits summed
         torch.save({"state": state, "initial": initial, "metrics": metrics, "shard": shard, "final": final},
                    os.path.join(out, f"rank{rank}.pt"))
-    finally:
-        trainer.close()
+    assert not torch.distributed.is_initialized()  # launch left the group it joined
 
 
 @pytest.mark.slow
@@ -75,8 +75,7 @@ def test_two_process_gloo_training_keeps_ranks_identical(tmp_path, sync_bn):
 def _sync_bn_worker(rank: int, world_size: int, port: int, out: str) -> None:
     import torch.distributed as dist
 
-    from mutualnet_video.core import SlimBatchNorm3d
-    from mutualnet_video.core import SlimSyncBatchNorm3d, convert_slim_sync_batchnorm
+    from mutualnet_video.core import SlimBatchNorm3d, SlimSyncBatchNorm3d, convert_slim_sync_batchnorm
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)

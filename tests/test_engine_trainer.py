@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch.utils.data import IterableDataset
 
 import mutualnet_video  # noqa: F401
-from mutualnet_video.engine import Trainer, final_evaluation
+from mutualnet_video.engine import Trainer, final_evaluation, launch, seed_everything
 from mutualnet_video.engine.config import default_config
 from mutualnet_video.testing import toy_clip_dataset
 
@@ -34,6 +34,12 @@ def _cfg(out, **sections):
         else:
             base[key] = value
     return default_config(**base)
+
+
+def _trainer(cfg, **kwargs):
+    """A Trainer built as ``launch`` leaves the process: seeded with ``train.seed``."""
+    seed_everything(cfg["train"]["seed"])
+    return Trainer(cfg, **kwargs)
 
 
 class _Interrupt(Exception):
@@ -70,15 +76,15 @@ def _state(trainer):
 @pytest.mark.parametrize("iterable", [False, True])
 def test_interrupted_and_resumed_run_reproduces_weights_exactly(tmp_path, iterable):
     dataset = (lambda: _ShuffledIterable(toy_clip_dataset(num_videos=5))) if iterable else (lambda: None)
-    full = Trainer(_cfg(tmp_path / "full"), train_dataset=dataset())
+    full = _trainer(_cfg(tmp_path / "full"), train_dataset=dataset())
     full.train()
     want = _state(full)
 
-    cut = Trainer(_cfg(tmp_path / "cut"), train_dataset=dataset(), criterion=_interrupting_criterion(5))
+    cut = _trainer(_cfg(tmp_path / "cut"), train_dataset=dataset(), criterion=_interrupting_criterion(5))
     with pytest.raises(_Interrupt):
         cut.train()  # dies in iteration 5; the last checkpoint is at iteration 3
     assert open(tmp_path / "cut" / "last_checkpoint").read() == "model_0000003.pth"
-    resumed = Trainer(_cfg(tmp_path / "cut", train={"resume": True}), train_dataset=dataset())
+    resumed = _trainer(_cfg(tmp_path / "cut", train={"resume": True}), train_dataset=dataset())
     resumed.train()
     assert resumed.iteration == 6
     got = _state(resumed)
@@ -88,7 +94,7 @@ def test_interrupted_and_resumed_run_reproduces_weights_exactly(tmp_path, iterab
     # optimizer state and LR too
     assert resumed.optimizer.param_groups[0]["lr"] == full.optimizer.param_groups[0]["lr"]
     # sanity: the run did train (weights moved from the initial ones)
-    fresh = Trainer(_cfg(tmp_path / "fresh"))
+    fresh = _trainer(_cfg(tmp_path / "fresh"))
     assert not torch.equal(fresh.model.state_dict()["proj.weight"], want["proj.weight"])
 
 
@@ -100,7 +106,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
         loss = F.cross_entropy(logits, targets)
         return loss * float("nan") if calls["n"] == 5 else loss
 
-    trainer = Trainer(_cfg(tmp_path, train={"checkpoint_period": 2}), criterion=criterion)
+    trainer = _trainer(_cfg(tmp_path, train={"checkpoint_period": 2}), criterion=criterion)
     with pytest.raises(FloatingPointError, match=r"iteration 4.*Last good checkpoint: .*model_0000004\.pth"):
         trainer.train()
     assert not (tmp_path / "model_final.pth").exists()
@@ -130,7 +136,7 @@ def test_nan_weights_are_never_checkpointed(tmp_path):
             logits = _NanGrad.apply(logits)
         return F.cross_entropy(logits, targets)
 
-    trainer = Trainer(_cfg(tmp_path, train={"checkpoint_period": 2}), criterion=criterion)
+    trainer = _trainer(_cfg(tmp_path, train={"checkpoint_period": 2}), criterion=criterion)
     with pytest.raises(FloatingPointError, match="non-finite"):
         trainer.train()
     assert open(tmp_path / "last_checkpoint").read() == "model_0000002.pth"
@@ -140,7 +146,7 @@ def test_nan_weights_are_never_checkpointed(tmp_path):
 
 
 def test_epochs_validation_logs_and_final_table(tmp_path, capsys):
-    trainer = Trainer(_cfg(tmp_path, optim={"max_iters": None, "epochs": 2, "warmup_iters": 1},
+    trainer = _trainer(_cfg(tmp_path, optim={"max_iters": None, "epochs": 2, "warmup_iters": 1},
                            train={"eval_period": 2}))
     assert trainer.max_iters == 4  # 5 clips, batch 2, drop_last -> 2 per epoch
     metrics = trainer.train()
@@ -156,7 +162,7 @@ def test_epochs_validation_logs_and_final_table(tmp_path, capsys):
     assert rows and rows[0]["config"] == "w1000_f4_c32"
     out = capsys.readouterr().out
     assert "top1" in out and "top5" not in out  # 5 classes: every prediction is in the top 5
-    assert out.splitlines()[1].split()[3] == "1.00x"  # the full row's cost relative to itself
+    assert out.splitlines()[2].split()[7] == "1.00x"  # the full row's cost relative to itself
     # the table, as written to output_dir/final_evaluation.json
     saved = json.loads((tmp_path / "final_evaluation.json").read_text())
     assert saved == {"rows": json.loads(json.dumps(rows))}
@@ -175,22 +181,24 @@ def test_epochs_validation_logs_and_final_table(tmp_path, capsys):
 
 
 def test_final_table_shows_cost_relative_to_the_full_row_and_top5_above_5_classes():
-    from mutualnet_video.engine.trainer import format_table
+    from mutualnet_video.evaluation import BudgetRecord, format_table
 
-    rows = [{"config": "w1000_f8_c32", "calibrated": True, "gflops": 0.02, "top1": 90.0, "top5": 99.0, "videos": 8},
-            {"config": "w0500_f4_c24", "calibrated": True, "gflops": 0.005, "top1": 80.0, "top5": 97.5, "videos": 8}]
-    six = format_table(rows, num_classes=6).splitlines()
-    assert six[0].split() == ["config", "BN", "GFLOPs", "cost", "top1", "top5", "videos"]
-    assert six[1].split() == ["w1000_f8_c32", "calibrated", "0.0200", "1.00x", "90.00", "99.00", "8"]
-    assert six[2].split() == ["w0500_f4_c24", "calibrated", "0.0050", "0.25x", "80.00", "97.50", "8"]
-    five = format_table(rows, num_classes=5).splitlines()
-    assert five[0].split() == ["config", "BN", "GFLOPs", "cost", "top1", "videos"]
-    assert five[2].split() == ["w0500_f4_c24", "calibrated", "0.0050", "0.25x", "80.00", "8"]
+    rows = [BudgetRecord(1.0, 8, 32, "1x1", 0.02, 0.02, 510_000, 90.0, 99.0, num_videos=8),
+            BudgetRecord(0.5, 4, 24, "1x1", 0.005, 0.005, 130_000, 80.0, 97.5, num_videos=8, calibrated=False)]
+    six = format_table(rows, num_classes=6, sort=False).splitlines()
+    assert six[0].split() == ["width", "frames", "crop", "views", "BN", "GFLOPs/view", "GFLOPs/video", "cost",
+                              "params(M)", "top1", "top5", "videos", "ms/video", "P"]
+    assert six[2].split() == ["1", "8", "32", "1x1", "calibrated", "0.0200", "0.0200", "1.00x", "0.510", "90.00",
+                              "99.00", "8", "-"]
+    assert six[3].split() == ["0.5", "4", "24", "1x1", "shared", "0.0050", "0.0050", "0.25x", "0.130", "80.00",
+                              "97.50", "8", "-"]
+    five = format_table(rows, num_classes=5).splitlines()  # sorted: cheapest first
+    assert "top5" not in five[0] and five[2].split()[:8] == six[3].split()[:8] and five[2].split()[9] == "80.00"
 
 
 def test_single_mode_trains_full_config_only(tmp_path):
     seen = []
-    trainer = Trainer(_cfg(tmp_path, mutual={"mode": "single"}, optim={"max_iters": 2, "warmup_iters": 0}))
+    trainer = _trainer(_cfg(tmp_path, mutual={"mode": "single"}, optim={"max_iters": 2, "warmup_iters": 0}))
     trainer.model.register_forward_pre_hook(lambda m, a: seen.append(a[0].shape[-1]))
     trainer.train()
     assert seen[:2] == [32, 32]  # two iterations, one forward each (then validation)
@@ -199,8 +207,8 @@ def test_single_mode_trains_full_config_only(tmp_path):
 def test_sync_bn_converts_slim_layers_in_place_and_refuses_plain_bn_on_cpu(tmp_path):
     from mutualnet_video.core import SlimBatchNorm3d, SlimSyncBatchNorm3d
 
-    plain = Trainer(_cfg(tmp_path / "a"))
-    synced = Trainer(_cfg(tmp_path / "b", train={"sync_bn": True}))
+    plain = _trainer(_cfg(tmp_path / "a"))
+    synced = _trainer(_cfg(tmp_path / "b", train={"sync_bn": True}))
     assert all(type(m) is SlimSyncBatchNorm3d for m in synced.model.modules() if isinstance(m, SlimBatchNorm3d))
     assert synced.model.state_dict().keys() == plain.model.state_dict().keys()
     x = torch.randn(2, 3, 4, 32, 32)
@@ -210,20 +218,33 @@ def test_sync_bn_converts_slim_layers_in_place_and_refuses_plain_bn_on_cpu(tmp_p
     model = torch.nn.Sequential(torch.nn.Conv3d(3, 4, 1), torch.nn.BatchNorm3d(4), torch.nn.Flatten(),
                                 torch.nn.LazyLinear(5))
     with pytest.raises(ValueError, match=r"train\.sync_bn: 1 plain BatchNorm layers \(e\.g\. 1\).*CUDA only"):
-        Trainer(_cfg(tmp_path / "c", train={"sync_bn": True}, mutual={"mode": "single"}), model=model)
+        _trainer(_cfg(tmp_path / "c", train={"sync_bn": True}, mutual={"mode": "single"}), model=model)
 
 
-def test_cpu_threads_is_applied(tmp_path):
+def test_launch_sets_up_the_process_and_the_trainer_changes_nothing_global(tmp_path):
+    synthetic = {"root": str(tmp_path / "synthetic"), "num_classes": 2, "train_per_class": 1, "val_per_class": 1,
+                 "frames": 8, "size": [16, 16]}
+    cfg = _cfg(tmp_path / "out", train={"cpu_threads": 1, "seed": 5},
+               data={"synthetic": synthetic})
     before = torch.get_num_threads()
     try:
-        Trainer(_cfg(tmp_path, train={"cpu_threads": 1}))
-        assert torch.get_num_threads() == 1
+        torch.manual_seed(123)
+        Trainer(cfg)  # builds the model (it draws its initial weights) but sets nothing up
+        assert torch.get_num_threads() == before
+        assert not (tmp_path / "synthetic").exists()
+        drawn_after_trainer = torch.rand(3)
+        with launch(cfg):
+            assert torch.get_num_threads() == 1
+            assert (tmp_path / "synthetic" / "train.csv").is_file()
+            seeded = torch.rand(3)
+        torch.manual_seed(5)
+        assert torch.equal(seeded, torch.rand(3)) and not torch.equal(seeded, drawn_after_trainer)
     finally:
         torch.set_num_threads(before)
 
 
 def test_training_learns_the_toy_task(tmp_path):
-    trainer = Trainer(_cfg(tmp_path, data={"train": {"_target_": f"{TOY}.toy_clip_dataset", "num_videos": 40},
+    trainer = _trainer(_cfg(tmp_path, data={"train": {"_target_": f"{TOY}.toy_clip_dataset", "num_videos": 40},
                                            "val": {"_target_": f"{TOY}.toy_clip_dataset", "split": "val",
                                                    "num_videos": 20},
                                            "batch_size": 4},

@@ -317,8 +317,8 @@ def test_export_net_cli(tmp_path, capsys, fmt):
     import importlib.util
     from pathlib import Path
 
+    from mutualnet_video.checkpoint import save_weights
     from mutualnet_video.engine.config import build_model, load_config
-    from mutualnet_video.evaluation.runner import save_weights
 
     root = Path(__file__).parents[1]
     args = ["--config", str(root / "configs" / "instant" / "x3d_synthetic.yaml")]

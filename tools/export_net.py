@@ -18,7 +18,7 @@ import os
 import sys
 
 try:
-    import mutualnet_video  # noqa: F401  (compat aliases before pytorchvideo imports)
+    import mutualnet_video  # noqa: F401  (installed? else from the source checkout below)
 except ImportError:  # running from a source checkout without `pip install -e .`
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import mutualnet_video  # noqa: F401
@@ -39,10 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("opts", nargs="*", help="config overrides key.sub=value")
     args = p.parse_args(argv)
 
+    from mutualnet_video.checkpoint import CheckpointMismatchError
     from mutualnet_video.core import SubnetConfig
     from mutualnet_video.engine.config import ConfigError, load_config
     from mutualnet_video.engine.inference import load_model
-    from mutualnet_video.evaluation import CheckpointMismatchError
     from mutualnet_video.export import bn_fold_pairs, example_inputs, export_onnx, export_subnet, export_torchscript
 
     try:

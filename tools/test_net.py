@@ -22,7 +22,7 @@ import os
 import sys
 
 try:
-    import mutualnet_video  # noqa: F401  (compat aliases before pytorchvideo imports)
+    import mutualnet_video  # noqa: F401  (installed? else from the source checkout below)
 except ImportError:  # running from a source checkout without `pip install -e .`
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import mutualnet_video  # noqa: F401
@@ -49,9 +49,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from mutualnet_video.checkpoint import CheckpointMismatchError
     from mutualnet_video.engine.config import ConfigError, load_config
     from mutualnet_video.engine.inference import run_test
-    from mutualnet_video.evaluation import CheckpointMismatchError, NotCalibratedError, format_table, pareto_front
+    from mutualnet_video.evaluation import NotCalibratedError, format_table, pareto_front
 
     try:
         cfg = load_config(args.config, args.opts)

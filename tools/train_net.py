@@ -13,11 +13,11 @@ import os
 import sys
 
 try:
-    import mutualnet_video  # noqa: F401  (compat aliases before pytorchvideo imports)
+    import mutualnet_video  # noqa: F401  (installed? else from the source checkout below)
 except ImportError:  # running from a source checkout without `pip install -e .`
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import mutualnet_video  # noqa: F401
-from mutualnet_video.engine import ConfigError, Trainer, final_evaluation, load_config
+from mutualnet_video.engine import ConfigError, FinalEvaluation, Trainer, launch, load_config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,15 +33,14 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
-    trainer = Trainer(cfg)
-    try:
-        trainer.train()
-        final_evaluation(trainer)
-    except FloatingPointError as exc:
-        print(str(exc), file=sys.stderr)
-        return 1
-    finally:
-        trainer.close()
+    with launch(cfg):
+        trainer = Trainer(cfg)
+        trainer.register_hooks([FinalEvaluation()])
+        try:
+            trainer.train()
+        except FloatingPointError as exc:
+            print(str(exc), file=sys.stderr)
+            return 1
     return 0
 
 

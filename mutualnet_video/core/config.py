@@ -174,6 +174,21 @@ class ConfigSpace:
             configs.append(self.sample(generator))
         return configs
 
+    def model_input(self, clip: torch.Tensor, cfg: SubnetConfig):
+        """The input of the sub-network ``cfg`` cut from ``clip``, the full configuration's
+        clip (:func:`~mutualnet_video.core.inputs.clip_for_config` with this space's
+        ``slowfast_alpha``: ``[slow, fast]`` for SlowFast, one tensor otherwise)."""
+        from .inputs import clip_for_config
+
+        return clip_for_config(clip, cfg, slowfast_alpha=self.slowfast_alpha)
+
+    def full_clip_shape(self) -> tuple[int | None, int]:
+        """``(frames, crop)`` of the clip every input is cut from: the full configuration's
+        crop and frames (``alpha x frames`` for SlowFast; ``None`` frames for 2D)."""
+        full = self.full()
+        frames = None if full.frames is None else full.frames * (self.slowfast_alpha or 1)
+        return frames, full.crop
+
     def grid(self, widths: Sequence[float] | None = None) -> list[SubnetConfig]:
         """Every (width, frames, crop) combination, widths defaulting to ``self.widths``."""
         widths = self.widths if widths is None else tuple(widths)

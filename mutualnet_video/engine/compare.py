@@ -56,7 +56,7 @@ import statistics
 import time
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,21 +66,15 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..core import ConfigSpace, SubnetConfig, clip_for_config, get_space, scale_channels, slimmable_modules
-from ..evaluation import MultiViewAccumulator, calibrate_bn, count_flops, count_params, evaluate_configs
+from ..core import ConfigSpace, SubnetConfig, get_space, scale_channels, slimmable_modules
+from ..evaluation import calibrate_bn, count_flops, count_params, evaluate_configs
 from ..evaluation.budgets import save_figure
 from ..export import export_subnet
 from ..io import atomic_write_text
-from .config import ConfigError, build_model, dump_config
+from .config import ConfigError, build_dataset, build_model, dump_config
+from .launch import make_synthetic_data, seed_everything
 from .mutual import SandwichSampler, SingleSampler
-from .trainer import (
-    Trainer,
-    _eval_batches,
-    build_dataset,
-    default_eval_configs,
-    make_synthetic_data,
-    seed_everything,
-)
+from .trainer import Trainer, default_eval_configs, eval_batches
 
 __all__ = [
     "METHODS",
@@ -185,11 +179,11 @@ def _sandwich_generator(seed: int) -> torch.Generator:
 class _FixedSampler:
     """``independent``: the static network's input at its one configuration, ``[(None, input)]``."""
 
-    def __init__(self, cfg: SubnetConfig, *, slowfast_alpha: int | None) -> None:
-        self.cfg, self.slowfast_alpha = cfg, slowfast_alpha
+    def __init__(self, cfg: SubnetConfig, space: ConfigSpace) -> None:
+        self.cfg, self.space = cfg, space
 
     def __call__(self, video: torch.Tensor) -> list[tuple[None, Any]]:
-        return [(None, clip_for_config(video, self.cfg, slowfast_alpha=self.slowfast_alpha))]
+        return [(None, self.space.model_input(video, self.cfg))]
 
 
 # -- FLOPs, memoised by what decides them ---------------------------------------------------
@@ -388,7 +382,7 @@ class _ValBatches:
         loader = DataLoader(self.dataset, batch_size=self.batch_size, num_workers=self.num_workers)
         kept: list[dict[str, Any]] | None = None if self._streaming else []
         size = 0
-        for batch in _eval_batches(loader, torch.device("cpu")):
+        for batch in eval_batches(loader, torch.device("cpu")):
             if kept is not None:
                 size += sum(v.numel() * v.element_size() for v in batch.values() if isinstance(v, torch.Tensor))
                 if size > self.max_bytes:
@@ -549,7 +543,7 @@ def _initial_model(ctx: _Context, run: Run, run_cfg: Mapping[str, Any]) -> nn.Mo
 
 def _sampler(ctx: _Context, run: Run) -> Callable:
     if run.method == "independent":
-        return _FixedSampler(run.config, slowfast_alpha=ctx.space.slowfast_alpha)
+        return _FixedSampler(run.config, ctx.space)
     if run.method == "single":
         return SingleSampler(ctx.space)
     space = method_space(run.method, ctx.space, boost_min_width=ctx.boost_min_width)
@@ -567,19 +561,18 @@ def _execute(ctx: _Context, run: Run, index: int) -> tuple[list[dict[str, Any]],
     ctx.progress.begin(index)
     run_cfg = _run_config(ctx, run)
     meter = _Meter(_sampler(ctx, run), run=run, table=ctx.table, progress=ctx.progress)
-    trainer = Trainer(run_cfg, model=_initial_model(ctx, run, run_cfg), train_dataset=ctx.train_sets[run.seed],
-                      sampler=meter, criterion=meter.criterion)
-    try:
-        if ctx.on_train_start is not None:
-            ctx.on_train_start(run, trainer)
-        start = time.perf_counter()
-        trainer.train()
-        wall = time.perf_counter() - start
-        if run.method == "single":
-            ctx.single_weights[run.seed] = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
-        records = _evaluate_run(ctx, run, trainer)
-    finally:
-        trainer.close()
+    model = _initial_model(ctx, run, run_cfg)
+    seed_everything(run.seed)  # each run starts from the RNG state of a fresh launch with its seed
+    trainer = Trainer(run_cfg, model=model, train_dataset=ctx.train_sets[run.seed], sampler=meter,
+                      criterion=meter.criterion)
+    if ctx.on_train_start is not None:
+        ctx.on_train_start(run, trainer)
+    start = time.perf_counter()
+    trainer.train()
+    wall = time.perf_counter() - start
+    if run.method == "single":
+        ctx.single_weights[run.seed] = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+    records = _evaluate_run(ctx, run, trainer)
     for record in records:
         record["iters"] = meter.iterations
     training = {
@@ -598,12 +591,15 @@ def _execute(ctx: _Context, run: Run, index: int) -> tuple[list[dict[str, Any]],
 def _evaluate_run(ctx: _Context, run: Run, trainer: Trainer) -> list[dict[str, Any]]:
     configs = _evaluated_configs(ctx, run)
     max_batches = ctx.cfg["eval"]["max_batches"]
-    if run.method == "independent":
-        result = _evaluate_static(trainer.model, ctx.val, run.config, slowfast_alpha=ctx.space.slowfast_alpha,
-                                  device=trainer.device, max_batches=max_batches)
+    if run.method == "independent":  # the static network, on its configuration's input
         params = sum(p.numel() for p in trainer.model.parameters())
-        return [_record(run, run.config, gflops=ctx.table.flops(run.config) / 1e9, params=params,
-                        calibrated=False, **result)]
+        (r,) = evaluate_configs(trainer.model, ctx.val, [run.config], views=("1x1",), device=trainer.device,
+                                progress=False, flops_fn=lambda _model, cfg: ctx.table.flops(cfg),
+                                params_fn=lambda _model, _cfg: params, max_batches=max_batches,
+                                input_fn=lambda batch, cfg: ctx.space.model_input(batch["video"].to(trainer.device),
+                                                                                   cfg))
+        return [_record(run, run.config, gflops=r.gflops_per_view, params=params, calibrated=False, top1=r.top1,
+                        top5=r.top5, videos=r.num_videos)]
     num = ctx.cfg["eval"]["calib_batches"]
     if run.seed not in ctx.calibration:  # the same clips for every method of a seed
         ctx.calibration[run.seed] = [b.cpu() for b in trainer.calibration_batches(num)]
@@ -620,27 +616,6 @@ def _record(run: Run, cfg: SubnetConfig, *, gflops: float, params: int, calibrat
     return {"method": run.method, "seed": run.seed, "config": cfg.tag, "width": cfg.width, "frames": cfg.frames,
             "crop": cfg.crop, "gflops": gflops, "params": int(params), "top1": float(top1), "top5": float(top5),
             "videos": int(videos), "calibrated": calibrated, "iters": None}
-
-
-@torch.inference_mode()
-def _evaluate_static(model: nn.Module, batches: Iterable[dict[str, Any]], cfg: SubnetConfig, *,
-                     slowfast_alpha: int | None, device: torch.device, max_batches: int | None) -> dict[str, Any]:
-    """Video-level top-1/top-5 (%) of a static network on ``clip_for_config(video, cfg)``
-    (the accumulator ``evaluate_configs`` uses, one view per video)."""
-    was_training = model.training
-    model.eval()
-    accumulator = MultiViewAccumulator()
-    try:
-        for step, batch in enumerate(batches):
-            if max_batches is not None and step >= max_batches:
-                break
-            inputs = clip_for_config(batch["video"].to(device), cfg, slowfast_alpha=slowfast_alpha)
-            logits = model(inputs).float().cpu()
-            accumulator.update(logits, torch.as_tensor(batch["label"]), torch.as_tensor(batch["video_index"]))
-    finally:
-        model.train(was_training)
-    result = accumulator.compute(expected_views=1)
-    return {"top1": float(result["top1"]), "top5": float(result["top5"]), "videos": int(result["num_videos"])}
 
 
 # -- the comparison -------------------------------------------------------------------------

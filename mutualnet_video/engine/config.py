@@ -43,6 +43,7 @@ __all__ = [
     "resolve_target",
     "instantiate",
     "build_model",
+    "build_dataset",
     "dump_config",
 ]
 
@@ -574,8 +575,8 @@ def build_model(cfg: Mapping[str, Any]):
     In ``mutual.mode: mutual`` the built model must carry a ``ConfigSpace`` (our
     builders attach one); otherwise the error says to switch ``_target_``.
     """
+    from ..checkpoint import load_weights
     from ..core import get_space
-    from .checkpoint import load_pretrained
 
     node = dict(cfg["model"])
     weights = node.pop("weights", None)
@@ -588,5 +589,57 @@ def build_model(cfg: Mapping[str, Any]):
             "mutualnet_video.models.create_slimmable_x3d) or set mutual.mode=single"
         )
     if weights:
-        load_pretrained(model, weights)
+        load_weights(model, weights, source="model.weights")
     return model
+
+
+def _is_map_style(dataset: Any) -> bool:
+    from torch.utils.data import IterableDataset
+
+    return not isinstance(dataset, IterableDataset) and hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")
+
+
+def build_dataset(cfg: Mapping[str, Any], split: str, *, space: Any = None, seed: int | None = None, rank: int = 0,
+                  world_size: int = 1, options: Mapping[str, Any] | None = None,
+                  required: Mapping[str, Any] | None = None, optional_node: bool = True) -> Any:
+    """Instantiate ``data.<split>`` (``None`` if it is not configured and ``optional_node``).
+
+    The one place the engine hands keywords to a dataset callable (the trainer, test_net's
+    test and calibration sets, compare_methods). Each is passed only if the callable's
+    signature takes it (:func:`accepts_kwarg`):
+
+    * ``space`` (when given), ``seed`` (when given and the node does not set it),
+      ``rank`` / ``world_size`` (both, or neither: then an iterable dataset cannot be
+      sharded over several processes, a :class:`ConfigError`);
+    * ``options``: keywords that override the node's (e.g. ``split="test"``);
+    * ``required``: keywords that must be taken (:class:`ConfigError` naming the callable
+      otherwise), e.g. ``temporal_clips`` for multi-view testing.
+    """
+    node = cfg["data"].get(split)
+    if node is None:
+        if optional_node:
+            return None
+        raise ConfigError(f"data.{split}: required (a dataset _target_ node)")
+    node = dict(node)
+    fn = resolve_target(node["_target_"], path=f"data.{split}._target_")
+    for key, value in (required or {}).items():
+        if not accepts_kwarg(fn, key):
+            raise ConfigError(f"data.{split}._target_: {node['_target_']} takes no {key!r}, needed for "
+                              f"{key}={value!r} (use e.g. mutualnet_video.data.kinetics_dataset)")
+        node[key] = value
+    node.update({k: v for k, v in (options or {}).items() if accepts_kwarg(fn, k)})
+    extra: dict[str, Any] = {}
+    if space is not None and accepts_kwarg(fn, "space"):
+        extra["space"] = space
+    if seed is not None and "seed" not in node and accepts_kwarg(fn, "seed"):
+        extra["seed"] = seed
+    shardable = accepts_kwarg(fn, "rank") and accepts_kwarg(fn, "world_size")
+    if shardable:
+        extra.update(rank=rank, world_size=world_size)
+    dataset = instantiate(node, _path=f"data.{split}", **extra)
+    if world_size > 1 and not shardable and not _is_map_style(dataset):
+        raise ConfigError(
+            f"data.{split}._target_: {node['_target_']} takes no rank/world_size, so an iterable dataset "
+            "cannot be sharded over the DDP processes"
+        )
+    return dataset

@@ -26,21 +26,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..checkpoint import load_weights, save_weights
 from ..core import ConfigSpace, SubnetConfig, get_space
-from ..evaluation import (
-    BudgetRecord,
-    ViewSpec,
-    calibrate_bn,
-    calibrated_path,
-    check_calibrated,
-    load_weights,
-    run_budgets,
-    save_weights,
-)
-from .config import ConfigError, accepts_kwarg, build_model, instantiate, resolve_target
+from ..evaluation import BudgetRecord, ViewSpec, calibrate_bn, check_calibrated, evaluate_configs, write_report
+from .config import ConfigError, build_dataset, build_model
 
 __all__ = [
     "TestResult",
+    "calibrated_path",
     "load_model",
     "eval_grid",
     "eval_views",
@@ -72,7 +65,7 @@ def load_model(cfg: Mapping[str, Any], checkpoint: str | os.PathLike, *,
     if space is None:
         raise ConfigError(f"model._target_: {cfg['model']['_target_']} built a model without a ConfigSpace; "
                           "test_net evaluates MutualNet models (mutualnet_video.models builders)")
-    payload = load_weights(model, checkpoint)
+    payload = load_weights(model, checkpoint, source="checkpoint")
     return model.to(device).eval(), space, payload
 
 
@@ -106,23 +99,10 @@ def eval_views(cfg: Mapping[str, Any], views: Sequence[str] | str | None = None)
     return specs
 
 
-def _dataset(cfg: Mapping[str, Any], split: str, space: ConfigSpace, *, optional: Mapping[str, Any] | None = None,
-             required: Mapping[str, Any] | None = None) -> Any:
-    """Instantiate ``data.<split>`` with ``space``, the ``optional`` kwargs its callable
-    accepts and the ``required`` ones (``ConfigError`` if it does not take one)."""
-    node = cfg["data"].get(split)
-    if node is None:
-        raise ConfigError(f"data.{split}: required for testing (a dataset _target_ node)")
-    node = dict(node)
-    fn = resolve_target(node["_target_"], path=f"data.{split}._target_")
-    for key, value in (required or {}).items():
-        if not accepts_kwarg(fn, key):
-            raise ConfigError(f"data.{split}._target_: {node['_target_']} takes no {key!r}, needed for "
-                              f"{key}={value!r} (use e.g. mutualnet_video.data.kinetics_dataset)")
-        node[key] = value
-    node.update({k: v for k, v in (optional or {}).items() if accepts_kwarg(fn, k)})
-    extra = {"space": space} if accepts_kwarg(fn, "space") else {}
-    return instantiate(node, _path=f"data.{split}", **extra)
+def calibrated_path(checkpoint: str | os.PathLike) -> Path:
+    """``model.pth`` -> ``model_calibrated.pth`` (next to it)."""
+    checkpoint = Path(checkpoint)
+    return checkpoint.with_name(f"{checkpoint.stem}_calibrated{checkpoint.suffix or '.pth'}")
 
 
 def build_test_loader(cfg: Mapping[str, Any], space: ConfigSpace, *, views: Sequence[ViewSpec]):
@@ -136,7 +116,7 @@ def build_test_loader(cfg: Mapping[str, Any], space: ConfigSpace, *, views: Sequ
     if cfg["eval"]["clip_duration"] is not None:
         optional["clip_duration"] = cfg["eval"]["clip_duration"]
     required = {k: v for k, v in (("temporal_clips", temporal), ("spatial_crops", spatial)) if v > 1}
-    dataset = _dataset(cfg, "val", space, optional=optional, required=required)
+    dataset = build_dataset(cfg, "val", space=space, options=optional, required=required, optional_node=False)
     dcfg = cfg["data"]
     batch = cfg["eval"]["batch_size"] or dcfg["val_batch_size"] or dcfg["batch_size"]
     return build_loader(dataset, batch_size=batch, num_workers=dcfg["num_workers"])
@@ -147,9 +127,7 @@ def build_calibration_loader(cfg: Mapping[str, Any], space: ConfigSpace):
     ``data.batch_size``: the batches BN calibration averages over."""
     from ..data import build_loader
 
-    node = cfg["data"].get("train") or {}
-    seed = {} if "seed" in node else {"seed": cfg["train"]["seed"]}
-    dataset = _dataset(cfg, "train", space, optional=seed)
+    dataset = build_dataset(cfg, "train", space=space, seed=cfg["train"]["seed"], optional_node=False)
     return build_loader(dataset, batch_size=cfg["data"]["batch_size"], num_workers=cfg["data"]["num_workers"])
 
 
@@ -194,12 +172,13 @@ def run_test(
     else:
         check_calibrated(model, configs)
     output = Path(output_dir) if output_dir is not None else Path(checkpoint).parent / "budgets"
-    records = run_budgets(
-        model, test_loader=build_test_loader(cfg, space, views=specs), configs=configs,
-        views=[str(v) for v in specs], output_dir=output, device=device, latency_repeats=latency_repeats,
-        latency_threads=latency_threads, progress=progress,
+    records = evaluate_configs(
+        model, build_test_loader(cfg, space, views=specs), configs, views=[str(v) for v in specs], device=device,
+        progress=progress, require_calibrated=True, latency_repeats=latency_repeats, latency_threads=latency_threads,
         max_batches=max_batches if max_batches is not None else cfg["eval"]["max_batches"],
-        meta={"checkpoint": str(checkpoint), "calibrated_checkpoint": None if saved is None else str(saved),
-              "model": cfg["model"]["_target_"]},
     )
+    meta = {"checkpoint": str(checkpoint), "calibrated_checkpoint": None if saved is None else str(saved),
+            "model": cfg["model"]["_target_"], "views": [str(v) for v in specs], "latency_threads": latency_threads,
+            "torch": torch.__version__, "device": str(device)}
+    write_report(records, output, meta=meta)
     return TestResult(records=records, output_dir=output, calibrated_checkpoint=saved)

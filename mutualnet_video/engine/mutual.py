@@ -11,8 +11,8 @@ Per iteration (REFERENCE.md, section 1):
 The step is generic over the task: ``criterion`` and ``distill`` are callables, so 2D
 classification, detection or segmentation heads reuse it. The per-configuration inputs
 come from a *sampler* ``sampler(video_batch) -> [(cfg, model_input), ...]`` (full
-configuration first), e.g. :class:`SandwichSampler` or the data pipeline's
-``MutualClipSampler``: every input is built from the same decoded clip.
+configuration first), :class:`SandwichSampler` by default: every input is built from the
+same decoded clip.
 """
 
 from __future__ import annotations
@@ -25,9 +25,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..core import ConfigSpace, SubnetConfig, clip_for_config, distillation_loss, use_config
+from ..core import ConfigSpace, SubnetConfig, distillation_loss, use_config
 
-__all__ = ["mutual_step", "detach_output", "SandwichSampler", "SingleSampler", "ModelInput", "SubInputs"]
+__all__ = ["mutual_step", "detach_output", "SandwichSampler", "SingleSampler", "check_full_clip", "ModelInput",
+           "SubInputs"]
 
 ModelInput = torch.Tensor | list[torch.Tensor]
 SubInputs = Sequence[tuple[SubnetConfig | None, ModelInput]]
@@ -172,22 +173,39 @@ def mutual_step(
 
 
 class SandwichSampler:
-    """Default sampler: ``space.sandwich(generator)`` + :func:`clip_for_config`.
+    """The sandwich-rule configurations of an iteration and their inputs, from one decoded batch.
 
-    ``sampler(video_batch) -> [(cfg, input), ...]``, the full configuration first; every
-    input is cut from the same ``(N, C, T, H, W)`` clip batch. The generator's state is
-    part of the checkpoint (``state_dict`` / ``load_state_dict``).
+    ``sampler(video) -> [(cfg, input), ...]`` follows ``space.sandwich(generator)``: the
+    full configuration first, then the smallest width, then ``num_subnets - 2`` random
+    widths, each with random frames and crop. ``video`` is the full configuration's clip
+    batch ``(B, C, T_full, S, S)`` as ``kinetics_dataset`` yields it (``(B, C, S, S)``
+    images for a 2D space); every input is cut from that same tensor by
+    ``space.model_input`` (frames subsampled over the same span, bilinear resize;
+    ``[slow, fast]`` for SlowFast), so nothing is decoded again. ``num_clips_seen``
+    counts the clips received, for comparison with a decoder's count. The generator's
+    state is part of the checkpoint (``state_dict`` / ``load_state_dict``).
     """
 
     def __init__(self, space: ConfigSpace, *, generator: torch.Generator | None = None) -> None:
+        if not isinstance(space, ConfigSpace):
+            raise TypeError(f"SandwichSampler needs a ConfigSpace, got {type(space).__name__}")
         self.space = space
         self.generator = generator if generator is not None else torch.Generator()
+        self.num_clips_seen = 0
 
-    def __call__(self, video_batch: torch.Tensor) -> list[tuple[SubnetConfig, ModelInput]]:
-        return [
-            (cfg, clip_for_config(video_batch, cfg, slowfast_alpha=self.space.slowfast_alpha))
-            for cfg in self.space.sandwich(self.generator)
-        ]
+    def configs(self) -> list[SubnetConfig]:
+        """The configurations of the next iteration (advances the generator)."""
+        return self.space.sandwich(self.generator)
+
+    def inputs_for(self, video: torch.Tensor, configs: Sequence[SubnetConfig]) -> list[tuple[SubnetConfig, ModelInput]]:
+        """``[(cfg, input)]`` for given configurations (e.g. an evaluation grid); not counted."""
+        check_full_clip(self.space, video)
+        return [(cfg, self.space.model_input(video, cfg)) for cfg in configs]
+
+    def __call__(self, video: torch.Tensor) -> list[tuple[SubnetConfig, ModelInput]]:
+        pairs = self.inputs_for(video, self.configs())
+        self.num_clips_seen += video.shape[0]
+        return pairs
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"generator": self.generator.get_state()}
@@ -206,4 +224,20 @@ class SingleSampler:
         if self.space is None:
             return [(None, video_batch)]
         cfg = self.space.full()
-        return [(cfg, clip_for_config(video_batch, cfg, slowfast_alpha=self.space.slowfast_alpha))]
+        return [(cfg, self.space.model_input(video_batch, cfg))]
+
+
+def check_full_clip(space: ConfigSpace, video: Any) -> None:
+    """Raise ``ValueError`` unless ``video`` is a batch of the full configuration's clips."""
+    frames, crop = space.full_clip_shape()
+    dims = 4 if frames is None else 5
+    if not isinstance(video, torch.Tensor) or video.dim() != dims:
+        shape = tuple(video.shape) if isinstance(video, torch.Tensor) else type(video).__name__
+        layout = "(B, C, H, W)" if frames is None else "(B, C, T, H, W)"
+        raise ValueError(f"expected a decoded batch {layout}, got {shape}")
+    got_frames = None if frames is None else video.shape[2]
+    if got_frames != frames or video.shape[-1] != crop or video.shape[-2] != crop:
+        expected = f"{crop}x{crop}" if frames is None else f"T={frames}, {crop}x{crop}"
+        got = f"{video.shape[-2]}x{video.shape[-1]}" if frames is None else \
+            f"T={got_frames}, {video.shape[-2]}x{video.shape[-1]}"
+        raise ValueError(f"the batch must be the full configuration's clip: {expected}; got {got}")

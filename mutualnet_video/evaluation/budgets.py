@@ -33,6 +33,7 @@ __all__ = [
     "mark_pareto",
     "select_config",
     "save_budgets",
+    "write_report",
     "load_budgets",
     "plot_budgets",
     "save_figure",
@@ -52,7 +53,9 @@ class BudgetRecord:
     ``gflops_per_video = gflops_per_view * views``; ``latency_ms`` is the median latency
     of one video (one view at batch 1, times the views), ``None`` if not measured;
     ``top1``/``top5`` are video-level accuracies in percent; ``pareto`` marks the
-    accuracy/GFLOPs-per-video front.
+    accuracy/GFLOPs-per-video front; ``calibrated``: evaluated with BN statistics
+    recomputed for this configuration (False: the shared training statistics, or a static
+    network).
     """
 
     width: float
@@ -67,6 +70,7 @@ class BudgetRecord:
     latency_ms: float | None = None
     pareto: bool = False
     num_videos: int = 0
+    calibrated: bool = True
 
     @property
     def config(self) -> SubnetConfig:
@@ -97,9 +101,7 @@ class BudgetRecord:
             except (TypeError, ValueError):
                 raise ValueError(f"{source}: {key}={value!r} is not a {kind.__name__}") from None
 
-        pareto = data.get("pareto", False)
-        if isinstance(pareto, str):
-            pareto = pareto.strip().lower() in ("1", "true", "yes")
+        pareto = _flag(data.get("pareto", False))
         return cls(
             width=num("width", float), frames=num("frames", int, optional=True), crop=num("crop", int),
             views=str(data["views"]), gflops_per_view=num("gflops_per_view", float),
@@ -107,7 +109,13 @@ class BudgetRecord:
             top1=num("top1", float), top5=num("top5", float),
             latency_ms=num("latency_ms", float, optional=True) if "latency_ms" in data else None,
             pareto=bool(pareto), num_videos=num("num_videos", int) if "num_videos" in data else 0,
+            calibrated=_flag(data.get("calibrated", True)),
         )
+
+
+def _flag(value: Any) -> bool:
+    """A boolean from JSON (a bool) or CSV (its text)."""
+    return value.strip().lower() in ("1", "true", "yes") if isinstance(value, str) else bool(value)
 
 
 def _cost(record: BudgetRecord, cost: str) -> float | None:
@@ -226,19 +234,48 @@ def load_budgets(path: str | os.PathLike) -> list[BudgetRecord]:
     return [BudgetRecord.from_dict(r, source=f"{path}: records[{i}]") for i, r in enumerate(payload["records"])]
 
 
-def format_table(records: Sequence[BudgetRecord]) -> str:
-    """A fixed-width text table, cheapest first, Pareto members starred."""
-    head = f"{'width':>6} {'frames':>6} {'crop':>5} {'views':>6} {'GFLOPs/view':>12} {'GFLOPs/video':>13} " \
-           f"{'params(M)':>10} {'top1':>6} {'top5':>6} {'ms/video':>9}  P"
+def format_table(records: Sequence[BudgetRecord], *, num_classes: int | None = None, sort: bool = True) -> str:
+    """The one text table of evaluated configurations (test_net's budget table, the final
+    evaluation after training).
+
+    Columns: width, frames, crop, views, BN statistics (``calibrated`` per configuration or
+    ``shared``), GFLOPs per view and per video, ``cost`` (GFLOPs per video relative to the
+    most expensive row), parameters, top-1 and top-5 (%), videos, latency, Pareto star.
+    Top-5 is left out when ``num_classes <= 5`` (every prediction is then in the top 5).
+    ``sort``: cheapest first (else in the given order).
+    """
+    show_top5 = num_classes is None or num_classes > 5
+    costs = [r.gflops_per_video for r in records if not math.isnan(r.gflops_per_video)]
+    most = max(costs) if costs else None
+    head = (f"{'width':>6} {'frames':>6} {'crop':>5} {'views':>6} {'BN':<10} {'GFLOPs/view':>12} {'GFLOPs/video':>13} "
+            f"{'cost':>6} {'params(M)':>10} {'top1':>6}" + (f" {'top5':>6}" if show_top5 else "")
+            + f" {'videos':>7} {'ms/video':>9}  P")
     rows = [head, "-" * len(head)]
-    for r in sorted(records, key=lambda r: (r.gflops_per_video, -r.top1)):
+    ordered = sorted(records, key=lambda r: (r.gflops_per_video, -r.top1)) if sort else list(records)
+    for r in ordered:
         latency = "-" if r.latency_ms is None else f"{r.latency_ms:.2f}"
+        cost = f"{r.gflops_per_video / most:.2f}x" if most and not math.isnan(r.gflops_per_video) else "-"
         rows.append(
             f"{r.width:>6.3g} {r.frames if r.frames is not None else '-':>6} {r.crop:>5} {r.views:>6} "
-            f"{r.gflops_per_view:>12.4f} {r.gflops_per_video:>13.4f} {r.params / 1e6:>10.3f} {r.top1:>6.2f} "
-            f"{r.top5:>6.2f} {latency:>9}  {'*' if r.pareto else ''}"
+            f"{'calibrated' if r.calibrated else 'shared':<10} {r.gflops_per_view:>12.4f} {r.gflops_per_video:>13.4f} "
+            f"{cost:>6} {r.params / 1e6:>10.3f} {r.top1:>6.2f}" + (f" {r.top5:>6.2f}" if show_top5 else "")
+            + f" {r.num_videos:>7d} {latency:>9}  {'*' if r.pareto else ''}"
         )
     return "\n".join(rows)
+
+
+def write_report(records: Sequence[BudgetRecord], output_dir: str | os.PathLike, *,
+                 meta: dict[str, Any] | None = None) -> Path:
+    """The budget table of an evaluation: ``budgets.json`` / ``budgets.csv``
+    (:func:`save_budgets`), ``budgets.txt`` (:func:`format_table`), ``top1_vs_gflops.png``
+    and, when latency was measured, ``top1_vs_latency.png``. Returns ``output_dir``."""
+    output_dir = Path(output_dir)
+    save_budgets(records, output_dir, meta=meta)
+    plot_budgets(records, output_dir / "top1_vs_gflops.png", cost="gflops_per_video")
+    if any(r.latency_ms is not None for r in records):
+        plot_budgets(records, output_dir / "top1_vs_latency.png", cost="latency_ms")
+    atomic_write_text(output_dir / "budgets.txt", format_table(records) + "\n")
+    return output_dir
 
 
 def save_figure(fig: Any, path: str | os.PathLike) -> Path:

@@ -59,7 +59,6 @@ def batch_video(batch: Any) -> torch.Tensor:
 
 def _default_input_fn(model: nn.Module, device: torch.device | str | None) -> InputFn:
     space = get_space(model)
-    alpha = None if space is None else space.slowfast_alpha
     if device is None:
         param = next(model.parameters(), None)
         device = None if param is None else param.device
@@ -68,7 +67,7 @@ def _default_input_fn(model: nn.Module, device: torch.device | str | None) -> In
         video = batch_video(batch)
         if device is not None:
             video = video.to(device, non_blocking=True)
-        return clip_for_config(video, cfg, slowfast_alpha=alpha)
+        return clip_for_config(video, cfg) if space is None else space.model_input(video, cfg)
 
     return input_fn
 

@@ -8,6 +8,7 @@ loader's views. The result is one :class:`BudgetRecord` per (configuration, view
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..core import SubnetConfig, current_config, get_space, set_config
+from ..core import SubnetConfig, current_config, get_space, set_config, slimmable_modules
 from .budgets import BudgetRecord, mark_pareto, measure_latency
 from .calibration import InputFn, _default_input_fn, check_calibrated
 from .multiview import MultiViewAccumulator, ViewSpec, view_mask
@@ -86,11 +87,15 @@ def evaluate_configs(
     latency_repeats: int = 0,
     latency_threads: int | None = None,
     max_batches: int | None = None,
+    count_costs: bool = True,
 ) -> list[BudgetRecord]:
-    """Top-1/top-5 of every configuration x view spec, with its cost.
+    """Top-1/top-5 of every configuration x view spec, with its cost: the one evaluation loop
+    (test_net's budget table, the final evaluation after training, periodic validation and
+    compare_methods all run it).
 
     Args:
-        model: a slimmable model with its space attached, on ``device``.
+        model: a slimmable model with its space attached, on ``device``; or a static
+            network (no slimmable layer), evaluated on each configuration's input.
         loader: test batches, dicts with ``video`` ``(N, C, T_full, S, S)``, ``label``,
             ``video_index``, ``clip_index`` (temporal view) and ``aug_index`` (spatial view).
         configs: the configurations to evaluate.
@@ -107,6 +112,8 @@ def evaluate_configs(
         latency_repeats: if > 0, measure the median latency of one view at batch 1
             (``measure_latency``) with that many repeats; ``latency_ms`` is per video.
         max_batches: stop after this many batches (smoke runs).
+        count_costs: count FLOPs and parameters (False: ``gflops_*`` are NaN and
+            ``params`` 0, for a quick validation during training).
 
     Returns:
         One record per configuration x view spec (configuration-major), ``pareto``
@@ -127,15 +134,17 @@ def evaluate_configs(
     if space is not None:
         for cfg in configs:
             space.validate(cfg)
-    if require_calibrated:
+    switch = next(slimmable_modules(model), None) is not None
+    if require_calibrated and switch:
         check_calibrated(model, configs)
-    flops_fn = flops_fn or default_flops_fn()
-    params_fn = params_fn or default_params_fn()
+    if count_costs:
+        flops_fn = flops_fn or default_flops_fn()
+        params_fn = params_fn or default_params_fn()
     if input_fn is None:
         input_fn = _default_input_fn(model, device)
 
     accumulators = {(cfg, spec): MultiViewAccumulator() for cfg in configs for spec in specs}
-    was_training, previous = model.training, current_config(model)
+    was_training, previous = model.training, current_config(model) if switch else None
     iterator: Iterable = loader
     if progress:
         from tqdm.auto import tqdm
@@ -157,7 +166,8 @@ def evaluate_configs(
                 labels, videos = labels[keep], videos[keep]
                 masks = {spec: mask[keep] for spec, mask in masks.items()}
             for cfg in configs:
-                set_config(model, cfg, validate=False)
+                if switch:
+                    set_config(model, cfg, validate=False)
                 inputs = input_fn(batch, cfg)
                 logits = model(inputs).float()
                 if logits.dim() != 2 or logits.shape[0] != labels.numel():
@@ -166,13 +176,14 @@ def evaluate_configs(
                 for spec, mask in masks.items():
                     accumulators[cfg, spec].update(logits[mask.to(logits.device)], labels[mask], videos[mask])
     finally:
-        set_config(model, previous, validate=False)
+        if switch:
+            set_config(model, previous, validate=False)
         model.train(was_training)
 
     records = []
     for cfg in configs:
-        gflops = float(flops_fn(model, cfg)) / 1e9
-        params = int(params_fn(model, cfg))
+        gflops = float(flops_fn(model, cfg)) / 1e9 if count_costs else math.nan
+        params = int(params_fn(model, cfg)) if count_costs else 0
         latency = None
         if latency_repeats > 0:
             latency = measure_latency(model, cfg, repeats=latency_repeats, warmup=min(3, latency_repeats),

@@ -1,0 +1,180 @@
+"""Hooks of the training loop (detectron2's ``HookBase``): everything around the step.
+
+:class:`~mutualnet_video.engine.trainer.TrainerBase` runs ``run_step`` and calls, on each
+registered hook in order: ``before_train``; ``before_step`` / ``after_step`` around every
+iteration (``trainer.iteration`` counts the finished ones); ``on_exception`` if the loop
+raises (a hook may raise a more informative error instead); ``after_train`` always. The
+:class:`~mutualnet_video.engine.trainer.Trainer` registers, in this order:
+
+* :class:`MetricsLogger`: the training scalars (median over the logging window) to
+  ``metrics.jsonl`` / TensorBoard, a log line or the progress bar;
+* :class:`PeriodicCheckpointer`: ``model_<iteration>.pth`` every ``train.checkpoint_period``
+  iterations and ``model_final.pth`` at the end;
+* :class:`PeriodicValidation`: top-1/top-5 of the full configuration every
+  ``train.eval_period`` iterations and at the end;
+* :class:`NanGuard`: a non-finite loss stops the run with one message naming the
+  configuration and the last good checkpoint, also written to ``metrics.jsonl``.
+
+:class:`FinalEvaluation` (BN calibration per configuration, then the final table) is
+added by ``tools/train_net.py``; tests and ``compare_methods`` run it when they need it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from ..core import SubnetConfig
+    from .trainer import TrainerBase
+
+__all__ = ["HookBase", "MetricsLogger", "PeriodicCheckpointer", "PeriodicValidation", "NanGuard", "FinalEvaluation"]
+
+logger = logging.getLogger(__name__)
+
+
+class HookBase:
+    """Base class: every method is a no-op. ``self.trainer`` is set by ``register_hooks``."""
+
+    trainer: TrainerBase
+
+    def before_train(self) -> None:
+        pass
+
+    def after_train(self) -> None:
+        pass
+
+    def before_step(self) -> None:
+        pass
+
+    def after_step(self) -> None:
+        pass
+
+    def on_exception(self, exc: BaseException) -> None:
+        pass
+
+
+class MetricsLogger(HookBase):
+    """Training scalars every ``period`` iterations (and at the last one).
+
+    Writes ``train/loss_full``, ``train/loss_distill`` (mean over the sub-networks),
+    ``train/loss_total``, ``train/lr``, ``train/clips_per_s``, ``train/data_time`` and
+    ``train/iter_time`` (medians over the window; the LR and full loss of the last step)
+    and every configuration's loss; a tqdm bar on rank 0 if ``progress``, else a log line.
+    """
+
+    def __init__(self, period: int, *, progress: bool = False) -> None:
+        self.period = period
+        self.progress = progress
+        self._bar: Any = None
+        self._window: list[dict[str, float]] = []
+
+    def before_train(self) -> None:
+        t = self.trainer
+        if self.progress and t.is_main:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=t.max_iters, initial=t.iteration, dynamic_ncols=True, desc="train")
+
+    def after_step(self) -> None:
+        t = self.trainer
+        values = list(t.step_losses.values())
+        clips_per_s = t.clips_per_iter / t.step_time
+        self._window.append({
+            "loss_full": values[0],
+            "loss_distill": float(np.mean(values[1:])) if len(values) > 1 else 0.0,
+            "loss_total": float(sum(values)),
+            "lr": t.step_lr,
+            "clips_per_s": clips_per_s,
+            "data_time": t.data_time,
+            "iter_time": t.step_time,
+        })
+        if self._bar is not None:
+            self._bar.update(1)
+            self._bar.set_postfix(loss=f"{values[0]:.3f}", lr=f"{t.step_lr:.3g}", clips_s=f"{clips_per_s:.1f}")
+        if t.iteration % self.period == 0 or t.iteration == t.max_iters:
+            window = self._window
+            avg = {k: float(np.median([w[k] for w in window])) for k in window[0]}
+            avg["lr"], avg["loss_full"] = window[-1]["lr"], window[-1]["loss_full"]
+            t.writer.write(t.iteration, {f"train/{k}": v for k, v in avg.items()}, losses=t.step_losses,
+                           epoch=t.stream.epoch)
+            if t.is_main and self._bar is None:
+                logger.info("iter %d/%d  loss_full %.4f  loss_distill %.4f  lr %.4g  clips/s %.2f  data %.3fs",
+                            t.iteration, t.max_iters, avg["loss_full"], avg["loss_distill"], avg["lr"],
+                            avg["clips_per_s"], avg["data_time"])
+            window.clear()
+
+    def after_train(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+class PeriodicCheckpointer(HookBase):
+    """``model_<iteration:07d>.pth`` every ``period`` iterations; ``model_final.pth`` at the end."""
+
+    def __init__(self, period: int) -> None:
+        self.period = period
+
+    def after_step(self) -> None:
+        t = self.trainer
+        if t.iteration % self.period == 0 and t.iteration < t.max_iters:
+            t.save_checkpoint(f"model_{t.iteration:07d}")
+
+    def after_train(self) -> None:
+        t = self.trainer
+        if t.iteration >= t.max_iters and not t.failed:
+            t.save_checkpoint("model_final")
+
+
+class PeriodicValidation(HookBase):
+    """``trainer.validate()`` every ``period`` iterations (0: never during training) and
+    once at the end (unless the last iteration just validated). The last result is
+    ``trainer.metrics``."""
+
+    def __init__(self, period: int) -> None:
+        self.period = period
+
+    def after_step(self) -> None:
+        t = self.trainer
+        if self.period and t.iteration % self.period == 0:
+            t.metrics = t.validate()
+
+    def after_train(self) -> None:
+        t = self.trainer
+        if t.iteration >= t.max_iters and not t.failed and not (self.period and t.iteration % self.period == 0):
+            t.metrics = t.validate()
+
+
+class NanGuard(HookBase):
+    """Turns a non-finite loss (``FloatingPointError`` from ``mutual_step``: the optimizer
+    step was not taken, no checkpoint is written after it) into one message naming the
+    configuration and the last good checkpoint, logged and written to ``metrics.jsonl``."""
+
+    def on_exception(self, exc: BaseException) -> None:
+        if not isinstance(exc, FloatingPointError):
+            return
+        t = self.trainer
+        last = t.checkpointer.get_checkpoint_file() if t.checkpointer.has_checkpoint() else "none"
+        message = f"training stopped: {exc}. Last good checkpoint: {last}"
+        t.writer.write(t.iteration, {}, error=message)
+        logger.error(message)
+        raise FloatingPointError(message) from exc
+
+
+class FinalEvaluation(HookBase):
+    """After a finished run: BN calibration per configuration and the final table
+    (:func:`~mutualnet_video.engine.trainer.final_evaluation`); the rows are
+    ``trainer.final_rows``."""
+
+    def __init__(self, configs: list[SubnetConfig] | None = None) -> None:
+        self.configs = configs
+
+    def after_train(self) -> None:
+        from .trainer import final_evaluation
+
+        t = self.trainer
+        if t.iteration >= t.max_iters and not t.failed:
+            t.final_rows = final_evaluation(t, configs=self.configs)
