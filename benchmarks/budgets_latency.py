@@ -31,7 +31,6 @@ import warnings
 
 import torch
 
-import mutualnet_video  # noqa: F401
 from mutualnet_video.core import dummy_input, get_space
 from mutualnet_video.evaluation.budgets import measure_latency
 from mutualnet_video.evaluation.calibration import calibrate_bn

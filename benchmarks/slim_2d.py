@@ -19,7 +19,6 @@ import time
 import torch
 from torch import nn
 
-import mutualnet_video  # noqa: F401
 from mutualnet_video.core import SlimBatchNorm2d, SlimConv2d, SlimLinear, SubnetConfig, slimmable_modules, use_config
 from mutualnet_video.models import mobilenet, resnet2d  # noqa: F401  (registration)
 from mutualnet_video.models.registry import create_model

@@ -25,7 +25,6 @@ from pytorchvideo.models.slowfast import create_slowfast
 from pytorchvideo.models.x3d import create_x3d
 from torch import nn
 
-import mutualnet_video  # noqa: F401  (compat aliases)
 from mutualnet_video.core import (
     SlimConv3d,
     SlimLinear,

@@ -1,6 +1,8 @@
 """Make pytorchvideo 0.1.5 work with current torch/torchvision.
 
-Applied once when ``mutualnet_video`` is imported (idempotent, no other side effect):
+Applied by the subpackages that import pytorchvideo (``mutualnet_video.models``,
+``mutualnet_video.data``), before they import it; ``import mutualnet_video`` and
+``mutualnet_video.core`` import only torch. Idempotent, no other side effect:
 
 * ``pytorchvideo.transforms`` imports ``torchvision.transforms.functional_tensor``,
   removed from torchvision; we alias ``torchvision.transforms._functional_tensor``

@@ -7,7 +7,6 @@ import torch
 from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-import mutualnet_video  # noqa: F401
 from mutualnet_video.core import SlimBatchNorm2d, SlimConv2d, SubnetConfig, get_space, resize_crop, use_config
 from mutualnet_video.core.heads import IntermediateFeatures
 from mutualnet_video.engine.tasks2d import detection_mutual_step, segmentation_mutual_step

@@ -7,7 +7,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import mutualnet_video  # noqa: F401
 from mutualnet_video.core import (
     ConfigSpace,
     SlimBatchNorm,

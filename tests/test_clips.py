@@ -8,7 +8,6 @@ import av
 import numpy as np
 import pytest
 
-import mutualnet_video  # noqa: F401  (compat alias before pytorchvideo)
 from mutualnet_video.core import ConfigSpace
 from mutualnet_video.data import build_loader, kinetics_dataset, make_clip_dataset, read_video_list
 from mutualnet_video.data.synthetic import _write_mp4

@@ -15,7 +15,6 @@ import torch
 import yaml
 from torch import nn
 
-import mutualnet_video  # noqa: F401
 from mutualnet_video.core import ConfigSpace, SlimmableModule, SubnetConfig, current_config
 from mutualnet_video.engine.compare import (
     METHODS,

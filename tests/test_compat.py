@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import importlib
+import json
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 from pytorchvideo.models.x3d import create_x3d
 from torch import nn
 
-import mutualnet_video  # noqa: F401  (installs the compat aliases)
 from mutualnet_video import compat
 from mutualnet_video.core import SubnetConfig, use_config
 from mutualnet_video.models import create_slimmable_slowfast, create_slimmable_x3d
 
+ROOT = Path(__file__).parents[1]
 X3D_KW = dict(input_clip_length=4, input_crop_size=64, model_num_class=10, depth_factor=1.0, dropout_rate=0.0)
 
 
@@ -33,6 +36,25 @@ def test_functional_tensor_alias_makes_pytorchvideo_transforms_import(monkeypatc
     compat.apply()  # idempotent
     transforms = importlib.import_module("pytorchvideo.transforms")
     assert hasattr(transforms, "UniformTemporalSubsample")
+    assert sys.modules[compat.FUNCTIONAL_TENSOR] is sys.modules["torchvision.transforms._functional_tensor"]
+
+
+def test_core_imports_only_torch():
+    code = ("import json, sys\nimport torch, torch.distributed, torch.nn.functional\nbefore = set(sys.modules)\n"
+            "import mutualnet_video.core\nprint(json.dumps([sorted(set(sys.modules) - before), sorted(sys.modules)]))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    added, everything = json.loads(done.stdout.splitlines()[-1])
+    outside = {m.split(".")[0] for m in added} - {"mutualnet_video"}
+    assert not outside, f"import mutualnet_video.core imports {sorted(outside)} beyond torch"
+    assert not {m.split(".")[0] for m in everything} & {"torchvision", "pytorchvideo", "fvcore", "iopath", "yaml", "av"}
+    assert "mutualnet_video.compat" not in added and compat.FUNCTIONAL_TENSOR not in added  # no shim
+
+
+@pytest.mark.parametrize("package", ["mutualnet_video.models", "mutualnet_video.data"])
+def test_packages_that_import_pytorchvideo_apply_the_shim_first(monkeypatch, package):
+    module = importlib.import_module(package)
+    monkeypatch.delitem(sys.modules, compat.FUNCTIONAL_TENSOR)
+    importlib.reload(module)  # runs the package's __init__ again
     assert sys.modules[compat.FUNCTIONAL_TENSOR] is sys.modules["torchvision.transforms._functional_tensor"]
 
 

@@ -10,7 +10,6 @@ import textwrap
 import pytest
 import torch
 
-import mutualnet_video  # noqa: F401
 from mutualnet_video.engine.config import ConfigError, build_model, instantiate, load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

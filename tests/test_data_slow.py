@@ -6,7 +6,6 @@ import pytest
 import torch
 import torch.nn as nn
 
-import mutualnet_video  # noqa: F401  (compat alias before pytorchvideo)
 from mutualnet_video.core import ConfigSpace
 from mutualnet_video.data import build_loader, kinetics_dataset, make_synthetic_kinetics
 

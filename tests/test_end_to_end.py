@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 import torch
 
-import mutualnet_video  # noqa: F401
 from mutualnet_video.core import SubnetConfig, use_config
 from mutualnet_video.engine.config import load_config
 from mutualnet_video.engine.inference import load_model

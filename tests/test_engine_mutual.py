@@ -9,7 +9,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import mutualnet_video  # noqa: F401
 from mutualnet_video.core import SubnetConfig, current_config, distillation_loss, get_space, use_config
 from mutualnet_video.engine import SandwichSampler, SingleSampler, mutual_step
 from mutualnet_video.engine.mutual import detach_output

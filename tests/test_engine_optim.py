@@ -8,7 +8,6 @@ import pytest
 import torch
 from torch import nn
 
-import mutualnet_video  # noqa: F401
 from mutualnet_video.core import SlimBatchNorm3d, SlimConv3d
 from mutualnet_video.engine.config import default_config
 from mutualnet_video.engine.optim import (

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 
-import mutualnet_video  # noqa: F401  (compat aliases)
 from mutualnet_video.core import SubnetConfig, get_space
 from mutualnet_video.evaluation import count_flops, count_params
 from mutualnet_video.models import create_model, list_models

@@ -20,7 +20,7 @@ import sys
 import warnings
 
 try:
-    import mutualnet_video  # noqa: F401  (compat aliases before pytorchvideo imports)
+    import mutualnet_video  # noqa: F401  (installed? else from the source checkout below)
 except ImportError:  # running from a source checkout without `pip install -e .`
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import mutualnet_video  # noqa: F401

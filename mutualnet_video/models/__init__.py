@@ -1,5 +1,9 @@
 """Slimmable PyTorchVideo models, the model registry and the conversion of stock models."""
 
+from .. import compat as _compat
+
+_compat.apply()  # before any pytorchvideo import (idempotent)
+
 from .convert import UnsupportedModuleError, slimmable
 from .detection import (
     DetectorBackboneView,

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import sys
 
-import mutualnet_video  # noqa: F401  (compat shims)
 from mutualnet_video.data.shapes import shapes_detection
 from mutualnet_video.engine.projects import Project2D, run_project
 from mutualnet_video.engine.projects import load_project_config as load_config  # noqa: F401  (CLI/test API)

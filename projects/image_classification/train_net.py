@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import sys
 
-import mutualnet_video  # noqa: F401  (compat shims)
 from mutualnet_video.core import clip_for_config
 from mutualnet_video.data.shapes import shapes_classification
 from mutualnet_video.engine.projects import Project2D, run_project

@@ -16,7 +16,6 @@ import sys
 
 import torch.nn.functional as F
 
-import mutualnet_video  # noqa: F401  (compat shims)
 from mutualnet_video.core import resize_crop
 from mutualnet_video.data.shapes import shapes_segmentation
 from mutualnet_video.engine.projects import Project2D, run_project
