@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from mutualnet_video.checkpoint import CheckpointMismatchError, load_weights, save_weights
-from mutualnet_video.core import SubnetConfig, clip_for_config, current_config, set_config, use_config
+from mutualnet_video.core import SubnetConfig, clip_for_config, current_config, get_space, set_config, use_config
 from mutualnet_video.engine.inference import calibrated_path
 from mutualnet_video.evaluation.budgets import (
     BudgetRecord,
@@ -177,7 +177,7 @@ def _hand_top1(loader, view_probs, keep):
 @pytest.mark.parametrize("make", [toy_x3d, toy_slowfast])
 def test_evaluate_configs_matches_per_view_hand_computation(make):
     model = make(num_classes=3)
-    alpha = model.config_space.slowfast_alpha
+    alpha = get_space(model).slowfast_alpha
     loader = _Loader(model, videos=3, frames=4 * (alpha or 1))
     configs = [SubnetConfig(1.0, 4, 32), SubnetConfig(0.5, 2, 24)]
     records = evaluate_configs(model, loader, configs, views=("1x1", "2x3"), progress=False)

@@ -17,6 +17,7 @@ from mutualnet_video.core import (
     attach_space,
     clip_for_config,
     current_config,
+    get_space,
     set_config,
     use_config,
 )
@@ -177,7 +178,7 @@ def test_calibrated_stats_survive_state_dict_round_trip():
 def test_slowfast_inputs_built_from_the_same_batch():
     """Default input_fn: [slow, fast] from one clip; the unslimmed Fast BN still gets per-config stats."""
     model = toy_slowfast()
-    alpha = model.config_space.slowfast_alpha
+    alpha = get_space(model).slowfast_alpha
     batches = _batches(2, frames=4 * alpha)
     calibrate_bn(model, [{"video": b, "label": torch.zeros(2)} for b in batches], [FULL, SMALL], num_batches=2)
     for cfg in (FULL, SMALL):
