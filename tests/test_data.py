@@ -15,7 +15,6 @@ import torch
 from pytorchvideo.data.clip_sampling import ConstantClipsPerVideoSampler as StockConstantClipsPerVideoSampler
 from pytorchvideo.data.encoded_video import EncodedVideo
 
-import mutualnet_video  # noqa: F401  (compat alias before pytorchvideo)
 from mutualnet_video.core import ConfigSpace, SubnetConfig, clip_for_config, subsample_frames
 from mutualnet_video.data import (
     SYNTHETIC_CLASSES,
@@ -159,7 +158,7 @@ def test_train_val_test_samples(tiny):
         pixels = _denormalize(s["video"])
         assert pixels.min() > -0.02 and pixels.max() < 1.02
 
-    # pytorchvideo.transforms needs mutualnet_video's compat alias: import it after mutualnet_video.
+    # pytorchvideo.transforms needs the compat alias, which importing mutualnet_video.data applied.
     from pytorchvideo.transforms.functional import short_side_scale, uniform_crop, uniform_temporal_subsample
 
     # Val: exactly the centre clip (whole video), short side -> 32, centre crop, normalized.

@@ -21,7 +21,6 @@ from pytorchvideo.models.x3d import (
 )
 from torch import nn
 
-import mutualnet_video  # noqa: F401  (compat aliases before pytorchvideo)
 from mutualnet_video.core import (
     ConfigSpace,
     SlimBatchNorm3d,

@@ -15,7 +15,6 @@ from pytorchvideo.models.slowfast import create_slowfast
 from pytorchvideo.models.x3d import create_x3d
 from torch import nn
 
-import mutualnet_video  # noqa: F401  (compat aliases before pytorchvideo)
 from mutualnet_video.core import dummy_input, get_space, use_config
 from mutualnet_video.models import (
     DefaultCfg,
