@@ -21,13 +21,15 @@ def _load(project: str):
 
 
 @pytest.mark.parametrize("project, config, overrides", [
-    ("image_classification", "mobilenet_v1_shapes.yaml", ["solver.iterations=2", "data.num_images=6", "data.batch_size=4"]),
-    ("detection", "fasterrcnn_mobilenet_v2_shapes.yaml", ["solver.iterations=1", "data.num_images=2"]),
-    ("segmentation", "deeplabv3_mobilenet_v2_shapes.yaml", ["solver.iterations=1", "data.num_images=2"]),
+    ("image_classification", "mobilenet_v1_shapes.yaml", ["optim.max_iters=2", "data.train.num_images=6",
+                                                          "data.batch_size=4"]),
+    ("detection", "fasterrcnn_mobilenet_v2_shapes.yaml", ["optim.max_iters=1", "data.train.num_images=2"]),
+    ("segmentation", "deeplabv3_mobilenet_v2_shapes.yaml", ["optim.max_iters=1", "data.train.num_images=2"]),
 ])
-def test_project_trains_a_few_iterations(project, config, overrides, capsys):
+def test_project_trains_a_few_iterations(project, config, overrides, capsys, tmp_path):
     module = _load(project)
-    result = module.main(["--config", str(ROOT / project / "configs" / config), *overrides])
+    result = module.main(["--config", str(ROOT / project / "configs" / config), *overrides,
+                          f"output_dir={tmp_path}"])
     iterations = int(overrides[0].split("=")[1])
     assert len(result["history"]) == iterations
     for report in result["history"]:
@@ -41,6 +43,10 @@ def test_project_trains_a_few_iterations(project, config, overrides, capsys):
     results = next(v for k, v in result.items() if k != "history")
     assert "calibrated BN statistics of" in out and out.index("calibrated BN") < out.index("eval ")
     assert out.count("eval ") == len(results) >= 2
+    # the video runs' machinery: checkpoints, metrics, the saved config
+    assert (tmp_path / "model_final.pth").is_file() and (tmp_path / "config.yaml").is_file()
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert len([line for line in lines if "train/loss_full" in line]) == iterations
 
 
 def test_toy_shapes_masks_match_the_drawn_pixels():
@@ -54,10 +60,38 @@ def test_toy_shapes_masks_match_the_drawn_pixels():
         shape_mask(3, cy=4, cx=4, r=2, grid=torch.meshgrid(torch.arange(8), torch.arange(8), indexing="ij"))
 
 
-def test_config_override_errors_name_the_key(tmp_path):
-    module = _load("image_classification")
+def test_config_errors_name_the_key_and_the_replacement_of_removed_keys(tmp_path):
+    from mutualnet_video.engine import ConfigError, load_config
+
     config = ROOT / "image_classification" / "configs" / "mobilenet_v1_shapes.yaml"
-    with pytest.raises(KeyError, match="solver.nope"):
-        module.load_config(str(config), ["solver.nope=1"])
-    with pytest.raises(ValueError, match="key=value"):
-        module.load_config(str(config), ["solver.lr"])
+    with pytest.raises(ConfigError, match=r"optim\.nope: unknown key"):
+        load_config(str(config), ["optim.nope=1"])
+    with pytest.raises(ConfigError, match="key.sub=value"):
+        load_config(str(config), ["optim.lr"])
+    with pytest.raises(ConfigError, match=r"solver: removed; use optim .*max_iters"):
+        load_config(str(config), ["solver.iterations=2"])
+    old = tmp_path / "old.yaml"  # the projects' schema before they shared the video one
+    old.write_text("model: {name: mutual_mobilenet_v1, kwargs: {num_classes: 3}}\n")
+    with pytest.raises(ConfigError, match=r"model\.name / model\.kwargs: removed; write model\._target_: "
+                                          r"mutualnet_video\.models\.mutual_mobilenet_v1"):
+        load_config(str(old))
+
+
+def test_project_resumes_and_a_bad_config_exits_2_with_one_line(tmp_path, capsys):
+    module = _load("image_classification")
+    config = str(ROOT / "image_classification" / "configs" / "mobilenet_v1_shapes.yaml")
+    common = ["--config", config, "data.train.num_images=6", "data.batch_size=4", f"output_dir={tmp_path}",
+              "train.checkpoint_period=1", "optim.max_iters=2"]
+    first = module.main(common)
+    (tmp_path / "model_final.pth").unlink()  # as if killed during the last iteration
+    (tmp_path / "last_checkpoint").write_text("model_0000001.pth")
+    capsys.readouterr()
+    result = module.main([*common, "--resume"])
+    assert len(result["history"]) == 1  # iteration 0 came from the checkpoint
+    out = capsys.readouterr().out
+    assert "iter 1 " in out and "iter 0 " not in out
+    assert result["history"][0] == first["history"][1]  # the same losses as the uninterrupted run
+    with pytest.raises(SystemExit) as exit_info:
+        module.main(["--config", config, "optim.lr=-1"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == "train_net: optim.lr: must be > 0, got -1"

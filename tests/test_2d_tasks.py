@@ -9,16 +9,17 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from mutualnet_video.core import SlimBatchNorm2d, SlimConv2d, SubnetConfig, get_space, resize_crop, use_config
 from mutualnet_video.core.heads import IntermediateFeatures
-from mutualnet_video.engine.tasks2d import detection_mutual_step, segmentation_mutual_step
+from mutualnet_video.engine import TrainerBase
 from mutualnet_video.models._slim2d import RatioSlimConv2d
-from mutualnet_video.models.detection import (
-    DetectorBackboneView,
-    detection_losses,
-    mutual_fasterrcnn_mobilenet_v2_fpn,
-    mutual_fasterrcnn_resnet50_fpn,
-)
+from mutualnet_video.models.detection import mutual_fasterrcnn_mobilenet_v2_fpn, mutual_fasterrcnn_resnet50_fpn
 from mutualnet_video.models.registry import create_model
-from mutualnet_video.models.segmentation import segmentation_losses
+from mutualnet_video.tasks import (
+    DetectionTask,
+    DetectorBackboneView,
+    SegmentationTask,
+    detection_losses,
+    segmentation_losses,
+)
 
 SMALL_RCNN = dict(
     rpn_batch_size_per_image=32, box_batch_size_per_image=32, rpn_pre_nms_top_n_train=64,
@@ -40,6 +41,24 @@ def _detection_batch():
         {"boxes": torch.tensor([[3.0, 15.0, 22.0, 45.0], [22.0, 8.0, 38.0, 30.0]]), "labels": torch.tensor([2, 1])},
     ]
     return images, targets
+
+
+class _OneBatch:
+    def __init__(self, batch):
+        self.batch = batch
+
+    def next(self):
+        return self.batch
+
+
+def _task_step(model, task, batch, configs, optimizer):
+    """One iteration of the training loop (TrainerBase.run_step) with ``task`` at ``configs``:
+    ``[(cfg, loss terms)]``."""
+    space = get_space(model)
+    trainer = TrainerBase(model, _OneBatch(batch), optimizer,
+                          lambda inputs: [(c, task.inputs(space, inputs, c)) for c in configs], max_iters=1, task=task)
+    trainer.run_step()
+    return list(zip(configs, trainer.step_terms))
 
 
 def _assert_trainable_slim_bn(model: nn.Module) -> None:
@@ -105,7 +124,7 @@ def test_detection_distillation_is_zero_against_itself_and_step_trains():
     before = model.backbone.body["1"].conv[1].weight.detach().clone()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     configs = [full, SubnetConfig(0.25, None, 32)]
-    report = detection_mutual_step(model, images, targets, configs=configs, optimizer=optimizer)
+    report = _task_step(model, DetectionTask(), (images, targets), configs, optimizer)
     assert [cfg for cfg, _ in report] == configs
     assert "loss_distill" not in report[0][1] and report[1][1]["loss_distill"] > 0
     assert not torch.equal(before, model.backbone.body["1"].conv[1].weight)
@@ -191,7 +210,7 @@ def test_segmentation_distillation_and_step():
         losses, logits = segmentation_losses(model, resize_crop(images, 24), None, teacher_logits=teacher)
     assert logits.shape[-1] == 24 and float(losses["loss_distill"].detach()) > 0
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    report = segmentation_mutual_step(model, images, masks, configs=[full, small], optimizer=optimizer)
+    report = _task_step(model, SegmentationTask(), (images, masks), [full, small], optimizer)
     assert set(report[0][1]) == {"loss_ce", "total"} and set(report[1][1]) == {"loss_distill", "total"}
 
 
@@ -210,7 +229,7 @@ def _manual_sandwich(model, configs, optimizer, losses_fn):
 
 @pytest.mark.parametrize("task", ["detection", "segmentation"])
 def test_task_steps_equal_the_hand_written_sandwich(task):
-    """Build two ways: the engine's mutual_step-based step vs the loop written out."""
+    """Build two ways: the training loop's step with the task vs the loop written out."""
     if task == "detection":
         make, (images, targets), small = _tiny_detector, _detection_batch(), SubnetConfig(0.25, None, 32)
 
@@ -220,7 +239,7 @@ def test_task_steps_equal_the_hand_written_sandwich(task):
             return (task_loss if teacher is None else task_loss + 0.5 * losses["loss_distill"]), record
 
         def step(model, configs, opt):
-            return detection_mutual_step(model, images, targets, configs=configs, optimizer=opt, distill_weight=0.5)
+            return _task_step(model, DetectionTask(distill_weight=0.5), (images, targets), configs, opt)
     else:
         make, (images, targets), small = _tiny_segmenter, _seg_batch(), SubnetConfig(0.25, None, 24)
 
@@ -231,8 +250,8 @@ def test_task_steps_equal_the_hand_written_sandwich(task):
             return 0.5 * losses["loss_distill"] + 0.3 * losses["loss_ce"], None
 
         def step(model, configs, opt):
-            return segmentation_mutual_step(model, images, targets, configs=configs, optimizer=opt,
-                                            task_weight=0.3, distill_weight=0.5)
+            return _task_step(model, SegmentationTask(task_weight=0.3, distill_weight=0.5), (images, targets), configs,
+                              opt)
     ours, reference, initial = make().train(), make().train(), make()
     reference.load_state_dict(ours.state_dict(), strict=True)
     configs = [get_space(ours).full(), small]

@@ -6,9 +6,13 @@ drawn in a random colour over dim uniform noise. Deterministic for a given ``see
 
 from __future__ import annotations
 
-import torch
+from typing import Any
 
-__all__ = ["shape_mask", "shapes_classification", "shapes_detection", "shapes_segmentation"]
+import torch
+from torch.utils.data import Dataset
+
+__all__ = ["ShapesDataset", "collate_lists", "shape_mask", "shapes_classification", "shapes_detection",
+           "shapes_segmentation"]
 
 
 def shape_mask(kind: int, *, cy: int, cx: int, r: int, grid: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
@@ -88,3 +92,48 @@ def shapes_segmentation(*, num_images: int, size: int, max_objects: int, seed: i
             images[i][:, shape] = _colour(gen)
             masks[i][shape] = kind + 1
     return images, masks
+
+
+def collate_lists(batch: list[tuple[Any, Any]]) -> tuple[list[Any], list[Any]]:
+    """``[(image, target), ...] -> ([images], [targets])``: detection batches (images of any
+    size, one target dict each)."""
+    return [item[0] for item in batch], [item[1] for item in batch]
+
+
+class ShapesDataset(Dataset):
+    """The toy shapes of one task as a map-style dataset of ``(image, target)`` pairs.
+
+    ``task``: ``classification`` (label 0 square, 1 disk, 2 bar), ``segmentation`` (an
+    ``(S, S)`` int64 mask) or ``detection`` (``{"boxes", "labels"}``; batches are collated as
+    lists, :func:`collate_lists`). Images are ``size x size`` (default: the space's full
+    crop; ``height x width`` for detection), drawn once from ``seed``.
+    """
+
+    TASKS = ("classification", "segmentation", "detection")
+
+    def __init__(self, task: str, *, num_images: int, space: Any = None, size: int | None = None, height: int = 64,
+                 width: int = 80, max_objects: int = 2, seed: int = 0) -> None:
+        if task not in self.TASKS:
+            raise ValueError(f"task must be one of {', '.join(self.TASKS)}, got {task!r}")
+        if num_images < 1:
+            raise ValueError(f"num_images must be positive, got {num_images}")
+        if size is None and task != "detection":
+            if space is None:
+                raise ValueError(f"{task}: give size or a space (its full crop is the image size)")
+            size = space.full().crop
+        self.task = task
+        if task == "classification":
+            images, targets = shapes_classification(num_images=num_images, size=size, seed=seed)
+        elif task == "segmentation":
+            images, targets = shapes_segmentation(num_images=num_images, size=size, max_objects=max_objects, seed=seed)
+        else:
+            images, targets = shapes_detection(num_images=num_images, height=height, width=width,
+                                               max_objects=max_objects, seed=seed)
+            self.collate_fn = collate_lists
+        self.images, self.targets = images, targets
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[Any, Any]:
+        return self.images[index], self.targets[index]

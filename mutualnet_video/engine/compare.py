@@ -179,11 +179,11 @@ def _sandwich_generator(seed: int) -> torch.Generator:
 class _FixedSampler:
     """``independent``: the static network's input at its one configuration, ``[(None, input)]``."""
 
-    def __init__(self, cfg: SubnetConfig, space: ConfigSpace) -> None:
-        self.cfg, self.space = cfg, space
+    def __init__(self, subnet: SubnetConfig, space: ConfigSpace) -> None:
+        self.subnet, self.space = subnet, space
 
     def __call__(self, video: torch.Tensor) -> list[tuple[None, Any]]:
-        return [(None, self.space.model_input(video, self.cfg))]
+        return [(None, self.space.model_input(video, self.subnet))]
 
 
 # -- FLOPs, memoised by what decides them ---------------------------------------------------

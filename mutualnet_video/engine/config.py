@@ -189,6 +189,9 @@ _OPT_INT, _OPT_FLOAT, _OPT_STR = (int, _NONE), (float, _NONE), (str, _NONE)
 SCHEMA: dict[str, Any] = {
     "output_dir": Key(_STR, "output/run", lambda v: None if v else "must not be empty",
                       "checkpoints, metrics.jsonl, TensorBoard events, config.yaml"),
+    "task": TargetNode(doc="what is task-specific in the sandwich step (losses, distillation, views); default: "
+                            "classification (mutualnet_video.engine.task.ClassificationTask); 2D heads: "
+                            "mutualnet_video.tasks.DetectionTask / SegmentationTask"),
     "model": TargetNode(
         required=True, nullable=False,
         reserved={"weights": Key(_OPT_STR, None, doc="stock PyTorchVideo / our checkpoint to start from (strict)")},
@@ -261,6 +264,18 @@ SCHEMA: dict[str, Any] = {
                              "seconds per test clip (default: data.val's); needed for more than one temporal view"),
         "batch_size": Key(_OPT_INT, None, _gt(0), "test clips per batch (default: data.val_batch_size / batch_size)"),
     },
+}
+
+#: Keys that no longer exist and what replaces them (the 2D projects' own schema, before
+#: they shared this one).
+REMOVED_KEYS = {
+    "seed": "train.seed",
+    "solver": "optim (lr, momentum, nesterov, weight_decay; solver.iterations is optim.max_iters) and task "
+              "(task_weight, distill_weight)",
+    "data.num_images": "data.train.num_images (a kwarg of the dataset node)",
+    "data.height": "data.train.height",
+    "data.width": "data.train.width",
+    "data.max_objects": "data.train.max_objects",
 }
 
 #: Kwargs a MutualNet model builder takes on top of the PyTorchVideo builder's.
@@ -487,6 +502,8 @@ def _validate_section(node: Mapping[str, Any], schema: Mapping[str, Any], prefix
         raise ConfigError(f"{prefix.rstrip('.')}: must be a mapping, got {node!r}")
     for key in node:
         if key not in schema:
+            if f"{prefix}{key}" in REMOVED_KEYS:
+                raise ConfigError(f"{prefix}{key}: removed; use {REMOVED_KEYS[prefix + key]}")
             known = ", ".join(sorted(schema))
             raise ConfigError(f"{prefix}{key}: unknown key (known: {known})")
     out: dict = {}
@@ -511,6 +528,9 @@ def _validate_target_node(node: Any, spec: TargetNode, path: str, resolve: bool 
     if not isinstance(node, Mapping):
         raise ConfigError(f"{path}: must be a mapping with a _target_ key, got {node!r}")
     node = copy.deepcopy(dict(node))
+    if path == "model" and "_target_" not in node and ("name" in node or "kwargs" in node):
+        raise ConfigError("model.name / model.kwargs: removed; write model._target_: mutualnet_video.models."
+                          f"{node.get('name', '<name>')} with the kwargs beside it")
     target = node.get("_target_", spec.default_target)
     if target is None:
         raise ConfigError(f"{path}._target_: required")

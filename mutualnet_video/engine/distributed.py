@@ -96,4 +96,3 @@ def convert_sync_bn(model: nn.Module, device: torch.device | None = None) -> nn.
     return convert_slim_sync_batchnorm(model)
 
 
-check_sync_bn = convert_sync_bn  # the old name, until engine/trainer.py calls convert_sync_bn

@@ -18,6 +18,7 @@ same decoded clip.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -27,8 +28,8 @@ from torch import nn
 
 from ..core import ConfigSpace, SubnetConfig, distillation_loss, use_config
 
-__all__ = ["mutual_step", "detach_output", "SandwichSampler", "SingleSampler", "check_full_clip", "ModelInput",
-           "SubInputs"]
+__all__ = ["mutual_step", "detach_output", "SandwichSampler", "SingleSampler", "check_full_clip", "full_clip_input",
+           "ModelInput", "SubInputs"]
 
 ModelInput = torch.Tensor | list[torch.Tensor]
 SubInputs = Sequence[tuple[SubnetConfig | None, ModelInput]]
@@ -182,15 +183,19 @@ class SandwichSampler:
     images for a 2D space); every input is cut from that same tensor by
     ``space.model_input`` (frames subsampled over the same span, bilinear resize;
     ``[slow, fast]`` for SlowFast), so nothing is decoded again. ``num_clips_seen``
-    counts the clips received, for comparison with a decoder's count. The generator's
+    counts the clips of the tensor batches received, for comparison with a decoder's
+    count. ``input_fn(inputs, cfg)`` replaces the input builder (a task's own, e.g.
+    detection feeds the same images to every configuration). The generator's
     state is part of the checkpoint (``state_dict`` / ``load_state_dict``).
     """
 
-    def __init__(self, space: ConfigSpace, *, generator: torch.Generator | None = None) -> None:
+    def __init__(self, space: ConfigSpace, *, generator: torch.Generator | None = None,
+                 input_fn: Callable[[Any, SubnetConfig], ModelInput] | None = None) -> None:
         if not isinstance(space, ConfigSpace):
             raise TypeError(f"SandwichSampler needs a ConfigSpace, got {type(space).__name__}")
         self.space = space
         self.generator = generator if generator is not None else torch.Generator()
+        self.input_fn = input_fn if input_fn is not None else functools.partial(full_clip_input, space)
         self.num_clips_seen = 0
 
     def configs(self) -> list[SubnetConfig]:
@@ -199,12 +204,12 @@ class SandwichSampler:
 
     def inputs_for(self, video: torch.Tensor, configs: Sequence[SubnetConfig]) -> list[tuple[SubnetConfig, ModelInput]]:
         """``[(cfg, input)]`` for given configurations (e.g. an evaluation grid); not counted."""
-        check_full_clip(self.space, video)
-        return [(cfg, self.space.model_input(video, cfg)) for cfg in configs]
+        return [(cfg, self.input_fn(video, cfg)) for cfg in configs]
 
-    def __call__(self, video: torch.Tensor) -> list[tuple[SubnetConfig, ModelInput]]:
+    def __call__(self, video: Any) -> list[tuple[SubnetConfig, ModelInput]]:
         pairs = self.inputs_for(video, self.configs())
-        self.num_clips_seen += video.shape[0]
+        if isinstance(video, torch.Tensor):
+            self.num_clips_seen += video.shape[0]
         return pairs
 
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -217,14 +222,23 @@ class SandwichSampler:
 class SingleSampler:
     """Single-network mode: only the full configuration (or the model as is without a space)."""
 
-    def __init__(self, space: ConfigSpace | None = None) -> None:
+    def __init__(self, space: ConfigSpace | None = None, *,
+                 input_fn: Callable[[Any, SubnetConfig], ModelInput] | None = None) -> None:
         self.space = space
+        self.input_fn = input_fn if input_fn is not None or space is None else space.model_input
 
-    def __call__(self, video_batch: torch.Tensor) -> list[tuple[SubnetConfig | None, ModelInput]]:
+    def __call__(self, video_batch: Any) -> list[tuple[SubnetConfig | None, ModelInput]]:
         if self.space is None:
             return [(None, video_batch)]
         cfg = self.space.full()
-        return [(cfg, self.space.model_input(video_batch, cfg))]
+        return [(cfg, self.input_fn(video_batch, cfg))]
+
+
+def full_clip_input(space: ConfigSpace, video: Any, subnet: SubnetConfig) -> ModelInput:
+    """``space.model_input(video, subnet)`` after checking that ``video`` is a batch of the
+    full configuration's clips (:func:`check_full_clip`)."""
+    check_full_clip(space, video)
+    return space.model_input(video, subnet)
 
 
 def check_full_clip(space: ConfigSpace, video: Any) -> None:

@@ -95,7 +95,8 @@ class BatchStream:
         return per_rank // self.batch_size if self.drop_last else math.ceil(per_rank / self.batch_size)
 
     def _loader(self, epoch: int, skip: int) -> Iterator:
-        common = dict(num_workers=self.num_workers, pin_memory=self.pin_memory, generator=self._generator(epoch))
+        common = dict(num_workers=self.num_workers, pin_memory=self.pin_memory, generator=self._generator(epoch),
+                      collate_fn=getattr(self.dataset, "collate_fn", None))
         if self.map_style:
             shard = self._shard(epoch)
             batches = [shard[i : i + self.batch_size] for i in range(0, len(shard), self.batch_size)]

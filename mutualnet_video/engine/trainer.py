@@ -28,6 +28,7 @@ remaining batches on other workers after a mid-epoch resume, so its augmentation
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -42,11 +43,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..checkpoint import MutualCheckpointer
-from ..core import SubnetConfig, distillation_loss, get_space
+from ..core import SubnetConfig, get_space
 from ..evaluation import BudgetRecord, calibrate_bn, evaluate_configs, format_table
 from ..io import atomic_write_text
-from .config import ConfigError, build_dataset, build_model, dump_config
-from .distributed import all_reduce_sum, check_sync_bn, get_rank, get_world_size, resolve_device
+from .config import ConfigError, build_dataset, build_model, dump_config, instantiate
+from .distributed import all_reduce_sum, convert_sync_bn, get_rank, get_world_size, resolve_device
 from .hooks import HookBase, MetricsLogger, NanGuard, PeriodicCheckpointer, PeriodicValidation
 from .metrics import MetricsWriter
 from .mutual import SandwichSampler, SingleSampler, mutual_step
@@ -60,6 +61,7 @@ from .stream import (
     split_batch,
     to_device,
 )
+from .task import ClassificationTask
 
 __all__ = ["TrainerBase", "Trainer", "final_evaluation", "default_eval_configs", "eval_batches"]
 
@@ -75,25 +77,31 @@ class TrainerBase:
         stream: ``stream.next()`` returns the next training batch (a ``{"video",
             "label"}`` dict or a ``(video, label)`` pair), e.g. a :class:`BatchStream`.
         optimizer / scheduler: stepped once per iteration (the scheduler after the optimizer).
-        sampler: ``sampler(video) -> [(cfg, input), ...]``, the full configuration first.
-        criterion / distill / temperature / clip_grad_norm / scaler / amp: handed to
-            :func:`mutual_step`.
+        sampler: ``sampler(inputs) -> [(cfg, input), ...]``, the full configuration first.
+        task: what is task-specific (:class:`~mutualnet_video.engine.task.ClassificationTask`
+            by default): how a batch splits into inputs and targets, the module
+            ``mutual_step`` runs, the losses and the teacher.
+        criterion / distill: replace the task's losses (``criterion(output, targets)``,
+            ``distill(output, teacher, temperature=T)``).
+        temperature / clip_grad_norm / scaler / amp: handed to :func:`mutual_step`.
         max_iters: iterations of :meth:`train`.
 
-    After each step: ``step_losses`` (``{cfg tag: loss}``), ``step_lr``, ``data_time``,
+    After each step: ``step_losses`` (``{cfg tag: loss}``), ``step_terms`` (the task's named
+    loss terms per configuration, in execution order), ``step_lr``, ``data_time``,
     ``step_time`` and ``clips_per_iter``; ``iteration`` counts the finished iterations.
     """
 
     def __init__(self, model: nn.Module, stream: Any, optimizer: torch.optim.Optimizer, sampler: Callable, *,
-                 max_iters: int, scheduler: Any = None, criterion: Callable | None = None,
+                 max_iters: int, scheduler: Any = None, task: ClassificationTask | None = None,
+                 criterion: Callable | None = None,
                  distill: Callable | None = None, train_model: nn.Module | None = None,
                  device: torch.device | str = "cpu", scaler: torch.amp.GradScaler | None = None, amp: bool = False,
                  clip_grad_norm: float | None = None, temperature: float = 1.0, world_size: int = 1) -> None:
         self.model = model
         self.train_model = model if train_model is None else train_model
         self.stream, self.optimizer, self.scheduler, self.sampler = stream, optimizer, scheduler, sampler
-        self.criterion = criterion if criterion is not None else nn.CrossEntropyLoss()
-        self.distill = distill if distill is not None else distillation_loss
+        self.task = task if task is not None else ClassificationTask()
+        self.criterion, self.distill = criterion, distill
         self.device = torch.device(device)
         self.scaler, self.amp = scaler, amp
         self.clip_grad_norm, self.temperature = clip_grad_norm, temperature
@@ -105,6 +113,7 @@ class TrainerBase:
         self.metrics: dict[str, Any] = {}
         self.hooks: list[HookBase] = []
         self.step_losses: dict[str, float] = {}
+        self.step_terms: list[dict[str, float]] = []
         self.step_lr = self.data_time = self.step_time = 0.0
         self.clips_per_iter = 0
 
@@ -146,19 +155,26 @@ class TrainerBase:
         start = time.perf_counter()
         batch = self.stream.next()
         self.data_time = time.perf_counter() - start
-        video, labels = split_batch(batch)
-        video, labels = to_device(video, self.device), labels.to(self.device, non_blocking=True)
+        task = self.task
+        inputs, targets = task.split(batch, self.device)
         self.step_lr = self.optimizer.param_groups[0]["lr"]
+        task.terms = []
+        distill = self.distill
+        if distill is None:
+            def distill(output: Any, teacher: Any, *, temperature: float = 1.0) -> torch.Tensor:
+                return task.distill(output, teacher, targets, temperature=temperature)
         self.train_model.train()
         self.step_losses = mutual_step(
-            self.train_model, self.sampler(video), labels, criterion=self.criterion, distill=self.distill,
+            task.train_view(self.train_model), self.sampler(inputs), targets,
+            criterion=self.criterion or task.criterion, distill=distill, teacher_fn=task.teacher,
             optimizer=self.optimizer, scaler=self.scaler, clip_grad_norm=self.clip_grad_norm,
             temperature=self.temperature, amp=self.amp, iteration=self.iteration,
         )
+        self.step_terms = task.terms
         if self.scheduler is not None:
             self.scheduler.step()
         self.step_time = time.perf_counter() - start
-        self.clips_per_iter = labels.numel() * self.world_size
+        self.clips_per_iter = (targets.shape[0] if isinstance(targets, torch.Tensor) else len(targets)) * self.world_size
 
 
 class Trainer(TrainerBase):
@@ -168,18 +184,20 @@ class Trainer(TrainerBase):
         cfg: a config from :func:`mutualnet_video.engine.config.load_config`.
         model: use this model instead of ``build_model(cfg)``.
         train_dataset / val_dataset: use these instead of building ``data.train`` / ``data.val``.
-        sampler: ``sampler(video_batch) -> [(cfg, input), ...]`` (full first); default
-            :class:`SandwichSampler` (``mutual.mode: mutual``) or :class:`SingleSampler`.
-        criterion: loss of the full configuration (default cross-entropy).
-        distill: loss of the other configurations (default from ``mutual.distill``).
+        sampler: ``sampler(inputs) -> [(cfg, input), ...]`` (full first); default
+            :class:`SandwichSampler` (``mutual.mode: mutual``) or :class:`SingleSampler`,
+            with the task's per-configuration inputs.
+        task: default: the config's ``task`` node, else classification.
+        criterion: loss of the full configuration (default: the task's; cross-entropy).
+        distill: loss of the other configurations (default: the task's; KL to the teacher).
 
     Under ``torchrun`` the process group must exist (:func:`~mutualnet_video.engine.launch`).
     """
 
     def __init__(self, cfg: Mapping[str, Any], *, model: nn.Module | None = None,
                  train_dataset: Dataset | None = None, val_dataset: Dataset | None = None,
-                 sampler: Callable | None = None, criterion: Callable | None = None,
-                 distill: Callable | None = None) -> None:
+                 sampler: Callable | None = None, task: ClassificationTask | None = None,
+                 criterion: Callable | None = None, distill: Callable | None = None) -> None:
         tcfg, ocfg, dcfg = cfg["train"], cfg["optim"], cfg["data"]
         if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not (dist.is_available() and dist.is_initialized()):
             raise RuntimeError("WORLD_SIZE > 1 but no process group: build the Trainer inside "
@@ -192,7 +210,7 @@ class Trainer(TrainerBase):
             raise ConfigError("mutual.mode: 'mutual' needs a model with a ConfigSpace (attach_space / our builders)")
         model.to(device)
         if tcfg["sync_bn"]:
-            model = check_sync_bn(model, device)
+            model = convert_sync_bn(model, device)
         train_model: nn.Module = model
         if world_size > 1:
             train_model = nn.parallel.DistributedDataParallel(
@@ -216,13 +234,18 @@ class Trainer(TrainerBase):
         amp = tcfg["amp"] and device.type == "cuda"
         if tcfg["amp"] and not amp and rank == 0:
             logger.info("train.amp ignored: AMP runs on CUDA only (device %s)", device)
-        if sampler is None:
+        if task is None:
+            task = instantiate(cfg["task"], _path="task") if cfg.get("task") else ClassificationTask()
+        if sampler is None and space is not None:
             generator = torch.Generator().manual_seed(tcfg["seed"] + 1)
-            sampler = (SandwichSampler(space, generator=generator) if cfg["mutual"]["mode"] == "mutual"
-                       else SingleSampler(space))
+            input_fn = functools.partial(task.inputs, space)
+            sampler = (SandwichSampler(space, generator=generator, input_fn=input_fn)
+                       if cfg["mutual"]["mode"] == "mutual" else SingleSampler(space, input_fn=input_fn))
+        elif sampler is None:
+            sampler = SingleSampler(None)
         super().__init__(
             model, stream, optimizer, sampler, max_iters=max_iters,
-            scheduler=build_lr_scheduler(optimizer, ocfg, max_iters), criterion=criterion, distill=distill,
+            scheduler=build_lr_scheduler(optimizer, ocfg, max_iters), task=task, criterion=criterion, distill=distill,
             train_model=train_model, device=device, scaler=torch.amp.GradScaler("cuda") if amp else None, amp=amp,
             clip_grad_norm=ocfg["clip_grad_norm"], temperature=cfg["mutual"]["temperature"], world_size=world_size,
         )
@@ -255,7 +278,7 @@ class Trainer(TrainerBase):
         return [
             MetricsLogger(tcfg["log_period"], progress=tcfg["progress"]),
             PeriodicCheckpointer(tcfg["checkpoint_period"]),
-            PeriodicValidation(tcfg["eval_period"]) if self.val_dataset is not None else None,
+            PeriodicValidation(tcfg["eval_period"]) if self.val_dataset is not None and self.task.logits else None,
             NanGuard(),
         ]
 
@@ -317,22 +340,22 @@ class Trainer(TrainerBase):
         kwargs: dict[str, Any] = dict(num_workers=self.cfg["data"]["num_workers"], batch_size=batch)
         if is_map_style(dataset) and self.world_size > 1:
             kwargs["sampler"] = list(range(self.rank, len(dataset), self.world_size))
-        return DataLoader(dataset, **kwargs)
+        return DataLoader(dataset, collate_fn=getattr(dataset, "collate_fn", None), **kwargs)
 
-    def evaluate(self, cfg: SubnetConfig | None = None) -> dict[str, float]:
-        """Top-1/top-5 (%) on the validation data at ``cfg`` (default: the full
+    def evaluate(self, subnet: SubnetConfig | None = None) -> dict[str, float]:
+        """Top-1/top-5 (%) on the validation data at ``subnet`` (default: the full
         configuration; a model without a space runs as it is), with the BN statistics
         of training: ``evaluate_configs`` on one view per video, hits summed over ranks."""
         if self.val_dataset is None:
             raise ConfigError("data.val: no validation dataset configured")
-        cfg = cfg if cfg is not None or self.space is None else self.space.full()
+        subnet = subnet if subnet is not None or self.space is None else self.space.full()
         input_fn = None
-        if cfg is None:  # no space: the model's own input, as the dataset yields it
-            cfg, input_fn = SubnetConfig(1.0, None, 1), (lambda batch, _cfg: batch["video"])
+        if subnet is None:  # no space: the model's own input, as the dataset yields it
+            subnet, input_fn = SubnetConfig(1.0, None, 1), (lambda batch, _subnet: batch["video"])
         autocast = torch.autocast(device_type=self.device.type) if self.amp else contextlib.nullcontext()
         with autocast:
             (record,) = evaluate_configs(
-                self.model, eval_batches(self.val_loader(), self.device), [cfg], device=self.device, progress=False,
+                self.model, eval_batches(self.val_loader(), self.device), [subnet], device=self.device, progress=False,
                 input_fn=input_fn, count_costs=False, max_batches=self.cfg["eval"]["max_batches"],
             )
         top1, top5, total = _sum_hits(record, self.device)
@@ -345,7 +368,7 @@ class Trainer(TrainerBase):
             drop_last=True, seed=self.cfg["train"]["seed"] + 7, rank=self.rank, world_size=self.world_size,
             pin_memory=False,
         )
-        return [to_device(split_batch(stream.next())[0], self.device) for _ in range(num_batches)]
+        return [self.task.split(stream.next(), self.device)[0] for _ in range(num_batches)]
 
     def final_evaluation(self, *, configs: Sequence[SubnetConfig] | None = None) -> list[dict[str, Any]]:
         """Calibrate BN and evaluate a few configurations (see :func:`final_evaluation`)."""
@@ -440,8 +463,8 @@ def final_evaluation(trainer: Trainer, *, configs: Sequence[SubnetConfig] | None
             tags = trainer.cfg["eval"]["configs"]
             configs = [SubnetConfig.from_tag(t) for t in tags] if tags else default_eval_configs(space)
         configs = list(dict.fromkeys(configs))
-        for cfg in configs:
-            space.validate(cfg)
+        for subnet in configs:
+            space.validate(subnet)
         num = trainer.cfg["eval"]["calib_batches"]
         calibrate_bn(trainer.model, trainer.calibration_batches(num), configs, num_batches=num, device=trainer.device)
         local = evaluate_configs(

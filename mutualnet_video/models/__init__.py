@@ -6,7 +6,6 @@ _compat.apply()  # before any pytorchvideo import (idempotent)
 
 from .convert import UnsupportedModuleError, slimmable
 from .detection import (
-    DetectorBackboneView,
     create_slimmable_faster_rcnn,
     mutual_fasterrcnn_mobilenet_v2_fpn,
     mutual_fasterrcnn_resnet50_fpn,
@@ -59,7 +58,6 @@ __all__ = [
     "create_slimmable_resnet50",
     "create_slimmable_faster_rcnn",
     "create_slimmable_segmenter",
-    "DetectorBackboneView",
     "mutual_mobilenet_v1",
     "mutual_mobilenet_v2",
     "mutual_resnet50",

@@ -11,12 +11,8 @@ One segmenter runs at several (width, input resolution) configurations:
 * the input resolution is the image size the caller feeds (``clip_for_config`` /
   ``resize_crop`` to ``cfg.crop``); the logits come back at the input size.
 
-Training (:func:`mutualnet_video.engine.tasks2d.segmentation_mutual_step`, the sandwich rule of
-``engine.mutual_step`` with :func:`pixel_losses`): the full configuration trains with
-per-pixel cross-entropy on the masks; every sub-network with the per-pixel KL divergence
-KL(teacher || student) to the full network's logits, bilinearly resized to the
-sub-network's output size (``distill_weight``), plus optionally the cross-entropy on
-nearest-resized masks (``task_weight``, 0 by default as in MutualNet).
+Training it (per-pixel losses and distillation, the sandwich step) is
+:mod:`mutualnet_video.tasks.segmentation`.
 """
 
 from __future__ import annotations
@@ -24,14 +20,12 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Sequence
 
-import torch
-import torch.nn.functional as F
 from torch import nn
 from torchvision.models.segmentation import FCN, DeepLabV3
 from torchvision.models.segmentation.deeplabv3 import DeepLabHead
 from torchvision.models.segmentation.fcn import FCNHead
 
-from ..core import ConfigSpace, attach_space, distillation_loss
+from ..core import ConfigSpace, attach_space
 from ..core.heads import IntermediateFeatures
 from ._builder import finish_entrypoint
 from ._slim2d import convert_2d, space_2d
@@ -45,8 +39,6 @@ __all__ = [
     "slim_deeplab_head",
     "slim_fcn_head",
     "create_slimmable_segmenter",
-    "pixel_losses",
-    "segmentation_losses",
     "mutual_deeplabv3_mobilenet_v2",
     "mutual_deeplabv3_resnet50",
     "mutual_fcn_resnet50",
@@ -132,44 +124,3 @@ def mutual_fcn_resnet50(*, num_classes: int = 21, width_range: Sequence[float] =
     head = slim_fcn_head(in_channels=channels, num_classes=num_classes)
     space = space_2d(width_range=width_range, crops=crops, num_subnets=num_subnets, widths=widths)
     return _create_segmenter(backbone=backbone, head=head, space=space, weights=weights, model_class=FCN)
-
-
-# -- training ----------------------------------------------------------------------------
-def pixel_losses(
-    logits: torch.Tensor,
-    masks: torch.Tensor | None,
-    teacher_logits: torch.Tensor | None,
-    *,
-    ignore_index: int = 255,
-    temperature: float = 1.0,
-) -> dict[str, torch.Tensor]:
-    """Per-pixel losses of ``logits`` ``(N, K, H, W)``: what segmentation trains and distills.
-
-    ``loss_ce``: cross-entropy on ``masks`` (``(N, H', W')`` int64, resized nearest to the
-    logits if needed; skipped when ``masks`` is None). ``loss_distill`` (when
-    ``teacher_logits`` is given): KL(teacher || student) per pixel, the teacher's logits
-    resized bilinearly to the student's size, averaged over pixels.
-    """
-    losses: dict[str, torch.Tensor] = {}
-    if masks is not None:
-        if masks.shape[-2:] != logits.shape[-2:]:
-            masks = F.interpolate(masks[:, None].float(), size=logits.shape[-2:], mode="nearest")[:, 0].long()
-        losses["loss_ce"] = F.cross_entropy(logits, masks, ignore_index=ignore_index)
-    if teacher_logits is not None:
-        if teacher_logits.shape[-2:] != logits.shape[-2:]:
-            teacher_logits = F.interpolate(teacher_logits, size=logits.shape[-2:], mode="bilinear", align_corners=False)
-        losses["loss_distill"] = distillation_loss(logits, teacher_logits, temperature=temperature)
-    return losses
-
-
-def segmentation_losses(
-    model: nn.Module,
-    images: torch.Tensor,
-    masks: torch.Tensor | None,
-    *,
-    teacher_logits: torch.Tensor | None = None,
-    ignore_index: int = 255,
-) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """:func:`pixel_losses` of ``model(images)["out"]`` at the active configuration, and those logits."""
-    logits = model(images)["out"]
-    return pixel_losses(logits, masks, teacher_logits, ignore_index=ignore_index), logits

@@ -1,44 +1,30 @@
 """MutualNet image classification on an embedded toy dataset (a few CPU iterations).
 
-    python projects/image_classification/train_net.py --config projects/image_classification/configs/mobilenet_v2_shapes.yaml [key=value ...]
+    python projects/image_classification/train_net.py --config projects/image_classification/configs/mobilenet_v2_shapes.yaml [--resume] [key=value ...]
 
-Builds a registered slimmable 2D classifier, generates coloured shapes on noise (label =
-shape kind), trains ``solver.iterations`` sandwich-rule iterations
-(:func:`mutualnet_video.engine.tasks2d.classification_mutual_step`: full config on the
-labels, sub-networks on the full network's soft labels, one optimizer step) and prints the
-losses per configuration, then calibrates BN per configuration and prints the accuracy of
-every evaluation configuration. The run itself is :mod:`mutualnet_video.engine.projects`.
+Builds a registered slimmable 2D classifier, draws coloured shapes on noise (label = shape kind),
+trains ``optim.max_iters`` sandwich-rule iterations (the engine's Trainer with the default
+classification task: full configuration on the labels, sub-networks on its soft labels, one
+optimizer step) printing the loss of every configuration, then calibrates BN per configuration
+and prints the accuracy of every evaluation configuration on ``data.val``.
+The run is :func:`mutualnet_video.tasks.projects.run_project`: the video runs' config schema,
+Trainer, checkpoints and resume.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
-from mutualnet_video.core import clip_for_config
-from mutualnet_video.data.shapes import shapes_classification
-from mutualnet_video.engine.projects import Project2D, run_project
-from mutualnet_video.engine.projects import load_project_config as load_config  # noqa: F401  (CLI/test API)
-from mutualnet_video.engine.tasks2d import classification_mutual_step
-from mutualnet_video.models import mobilenet, resnet2d  # noqa: F401  (registers the 2D entrypoints)
-
-
-def _evaluate(model, cfg, images, labels):
-    accuracy = float((model(clip_for_config(images, cfg)).argmax(1) == labels).float().mean())
-    return accuracy, f"top1={accuracy:.3f}"
-
-
-PROJECT = Project2D(
-    make_data=lambda data, space, seed: shapes_classification(num_images=data["num_images"],
-                                                              size=space.full().crop, seed=seed),
-    step=lambda model, images, labels, *, configs, optimizer, solver: classification_mutual_step(
-        model, images, labels, configs=configs, optimizer=optimizer),
-    evaluate=_evaluate,
-    result_key="accuracy",
-)
+try:
+    from mutualnet_video.tasks.projects import run_project
+except ImportError:  # running from a source checkout without `pip install -e .`
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    from mutualnet_video.tasks.projects import run_project
 
 
 def main(argv: list[str] | None = None) -> dict:
-    return run_project(PROJECT, argv, description=__doc__)
+    return run_project(argv, description=__doc__)
 
 
 if __name__ == "__main__":
