@@ -32,8 +32,9 @@ import torch
 from mutualnet_video.core import ConfigSpace, SubnetConfig
 from mutualnet_video.data import kinetics_dataset, make_synthetic_kinetics
 from mutualnet_video.engine import SandwichSampler
+from mutualnet_video.models.registry import KINETICS_MEAN, KINETICS_STD
 
-MEAN, STD = (0.45, 0.45, 0.45), (0.225, 0.225, 0.225)
+MEAN, STD = KINETICS_MEAN, KINETICS_STD  # the normalization the kinetics_dataset default uses
 
 
 def stock_dataset(csv: str, *, frames: int, crop: int, clip_duration: float, decoder: str):

@@ -38,6 +38,7 @@ from pytorchvideo.data.utils import MultiProcessSampler
 from pytorchvideo.transforms.functional import short_side_scale, uniform_crop, uniform_temporal_subsample
 
 from ..core import ConfigSpace
+from ..models.registry import KINETICS_MEAN, KINETICS_STD
 from .decoding import open_video
 from .sampling import ConstantClipsPerVideoSampler, FullVideoClipSampler, ShardedVideoSampler
 
@@ -155,8 +156,8 @@ class VideoClipTransform:
     ``(x / 255 - mean) / std``.
     """
 
-    def __init__(self, *, mode: str, frames: int, crop: int, mean: Sequence[float] = (0.45, 0.45, 0.45),
-                 std: Sequence[float] = (0.225, 0.225, 0.225), min_short_side: int | None = None,
+    def __init__(self, *, mode: str, frames: int, crop: int, mean: Sequence[float] = KINETICS_MEAN,
+                 std: Sequence[float] = KINETICS_STD, min_short_side: int | None = None,
                  max_short_side: int | None = None, spatial_crops: int = 1, horizontal_flip: bool = True) -> None:
         if mode not in SPLITS:
             raise ValueError(f"mode must be one of {SPLITS}, got {mode!r}")
@@ -386,8 +387,8 @@ def kinetics_dataset(
     decoder: str = "pyav",
     video_path_prefix: str = "",
     clip_duration: float | None = None,
-    mean: Sequence[float] = (0.45, 0.45, 0.45),
-    std: Sequence[float] = (0.225, 0.225, 0.225),
+    mean: Sequence[float] = KINETICS_MEAN,
+    std: Sequence[float] = KINETICS_STD,
     min_short_side: int | None = None,
     max_short_side: int | None = None,
     temporal_clips: int = 1,

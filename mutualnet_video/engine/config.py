@@ -328,10 +328,9 @@ def accepts_kwarg(fn: Callable, name: str) -> bool:
 def _accepted_kwargs(fn: Callable) -> set[str] | None:
     """Keyword names ``fn`` accepts; None if it takes ``**kwargs`` it does not declare.
 
-    A builder that forwards ``**kwargs`` can name the callable it forwards to in a
-    ``forwards_to`` attribute, or name its var-keyword ``<callable>_kwargs`` where
-    ``<callable>`` is a global of its module (``**create_x3d_kwargs`` -> ``create_x3d``);
-    that callable's keywords are then accepted too.
+    A builder that passes ``**kwargs`` on names the callable it forwards to in its
+    ``forwards_to`` attribute (``mutualnet_video.models._builder.forwards_kwargs``); that
+    callable's keywords are then accepted too. Without it the keys are not checked.
     """
     try:
         sig = inspect.signature(fn)
@@ -344,9 +343,6 @@ def _accepted_kwargs(fn: Callable) -> set[str] | None:
     var_kw = [p.name for p in sig.parameters.values() if p.kind == inspect.Parameter.VAR_KEYWORD]
     if var_kw:
         inner = getattr(fn, "forwards_to", None)
-        if inner is None and var_kw[0].endswith("_kwargs"):
-            # convention: ``**create_x3d_kwargs`` forwards to ``create_x3d`` in the builder's module
-            inner = getattr(fn, "__globals__", {}).get(var_kw[0][: -len("_kwargs")])
         if not callable(inner):
             return None
         inner_names = _accepted_kwargs(inner)

@@ -13,7 +13,7 @@ from ..core import ConfigSpace
 from .convert import slimmable
 from .registry import DefaultCfg, attach_default_cfg
 
-__all__ = ["builder_default", "default_input", "make_space", "build_slimmable", "finish_entrypoint"]
+__all__ = ["builder_default", "default_input", "make_space", "build_slimmable", "finish_entrypoint", "forwards_kwargs"]
 
 
 def builder_default(builder: Callable[..., nn.Module], kwargs: dict[str, Any], name: str) -> Any:
@@ -53,6 +53,21 @@ def make_space(
         width_range=tuple(width_range), frames=frames, crops=crops, num_subnets=num_subnets,
         widths=tuple(widths), slowfast_alpha=slowfast_alpha,
     )
+
+
+def forwards_kwargs(target: Callable[..., Any]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Declare that a builder passes its ``**kwargs`` on to ``target``.
+
+    Sets ``fn.forwards_to = target``: config validation (``engine.config``) then checks a
+    ``model`` node's keys against the builder's parameters and ``target``'s (recursively),
+    so a misspelt PyTorchVideo keyword fails at load time naming the key.
+    """
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        fn.forwards_to = target  # type: ignore[attr-defined]
+        return fn
+
+    return decorate
 
 
 def build_slimmable(

@@ -34,7 +34,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from ..core import ConfigSpace, SlimmableModule, SubnetConfig, attach_space
 from ..core.heads import BackboneWithFPN, IntermediateFeatures
-from ._builder import finish_entrypoint
+from ._builder import finish_entrypoint, forwards_kwargs
 from ._slim2d import slim_conv_like, space_2d
 from .mobilenet import create_slimmable_mobilenet_v2
 from .registry import IMAGENET_MEAN, IMAGENET_STD, DefaultCfg, register_model
@@ -123,6 +123,7 @@ def _stage_out_channels(stage: nn.Module) -> int:
     return convs[-1].out_channels
 
 
+@forwards_kwargs(FasterRCNN)
 def create_slimmable_faster_rcnn(
     *,
     backbone: BackboneWithFPN,
@@ -169,6 +170,7 @@ def _create_faster_rcnn(*, backbone: BackboneWithFPN, num_classes: int, space: C
     return finish_entrypoint(model, default_cfg=_FASTERRCNN, weights=weights)
 
 
+@forwards_kwargs(create_slimmable_faster_rcnn)
 @register_model(default_cfg=_FASTERRCNN)
 def mutual_fasterrcnn_mobilenet_v2_fpn(
     *,
@@ -191,6 +193,7 @@ def mutual_fasterrcnn_mobilenet_v2_fpn(
                                weights=weights, anchor_sizes=anchor_sizes, **faster_rcnn_kwargs)
 
 
+@forwards_kwargs(create_slimmable_faster_rcnn)
 @register_model(default_cfg=_FASTERRCNN)
 def mutual_fasterrcnn_resnet50_fpn(
     *,

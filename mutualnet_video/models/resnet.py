@@ -16,7 +16,7 @@ from pytorchvideo.models.resnet import create_resnet
 from torch import nn
 
 from ..core import SlimBatchNorm3d
-from ._builder import build_slimmable, builder_default, default_input, finish_entrypoint, make_space
+from ._builder import build_slimmable, builder_default, default_input, finish_entrypoint, forwards_kwargs, make_space
 from .registry import KINETICS_MEAN, KINETICS_STD, DefaultCfg, register_model
 
 __all__ = ["create_slimmable_resnet", "mutual_slow_r50"]
@@ -40,6 +40,7 @@ def _nominal_input(kwargs: dict) -> tuple[int, int] | None:
     return kernel[0] * t_stride, kernel[1] * s_stride
 
 
+@forwards_kwargs(create_resnet)
 def create_slimmable_resnet(
     *,
     width_range: Sequence[float] = (0.5, 1.0),
@@ -74,6 +75,7 @@ def create_slimmable_resnet(
 _SLOW_R50 = DefaultCfg(frames=8, crop=224, mean=KINETICS_MEAN, std=KINETICS_STD)
 
 
+@forwards_kwargs(create_slimmable_resnet)
 @register_model(default_cfg=_SLOW_R50)
 def mutual_slow_r50(
     *,

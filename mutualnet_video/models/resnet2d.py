@@ -21,7 +21,7 @@ from torchvision.models import resnet50
 from torchvision.models.resnet import Bottleneck
 
 from ..core import attach_space
-from ._builder import finish_entrypoint
+from ._builder import finish_entrypoint, forwards_kwargs
 from ._slim2d import convert_2d, space_2d
 from .mobilenet import PAPER_CROPS
 from .registry import IMAGENET_MEAN, IMAGENET_STD, DefaultCfg, register_model
@@ -42,6 +42,7 @@ def convert_slim_resnet(model: nn.Module) -> nn.Module:
     return convert_2d(model, channel_ratio=lambda name: ratios.get(name, 1))
 
 
+@forwards_kwargs(resnet50)
 def create_slimmable_resnet50(*, num_classes: int = 1000, **kwargs) -> nn.Module:
     """torchvision's ``resnet50`` (random init, ``kwargs`` passed on) with slimmable layers."""
     return convert_slim_resnet(resnet50(weights=None, num_classes=num_classes, **kwargs))

@@ -16,7 +16,7 @@ from pytorchvideo.models.slowfast import FuseFastToSlow, create_slowfast
 from torch import nn
 
 from ..core import SlimBatchNorm3d
-from ._builder import builder_default, default_input, finish_entrypoint, make_space
+from ._builder import builder_default, default_input, finish_entrypoint, forwards_kwargs, make_space
 from .convert import slimmable
 from .registry import KINETICS_MEAN, KINETICS_STD, DefaultCfg, register_model
 
@@ -46,6 +46,7 @@ def _fusion_alpha(model: nn.Module, kwargs: dict) -> int:
     return int(builder_default(create_slowfast, kwargs, "slowfast_fusion_conv_stride")[0])
 
 
+@forwards_kwargs(create_slowfast)
 def create_slimmable_slowfast(
     *,
     width_range: Sequence[float] = (0.5, 1.0),
@@ -86,6 +87,7 @@ def create_slimmable_slowfast(
 _SLOWFAST_R50 = DefaultCfg(frames=8, crop=224, mean=KINETICS_MEAN, std=KINETICS_STD, slowfast_alpha=4)
 
 
+@forwards_kwargs(create_slimmable_slowfast)
 @register_model(default_cfg=_SLOWFAST_R50)
 def mutual_slowfast_r50(
     *,

@@ -15,7 +15,7 @@ from pytorchvideo.models.x3d import create_x3d
 from torch import nn
 
 from ..core import SlimBatchNorm3d
-from ._builder import build_slimmable, builder_default, default_input, finish_entrypoint, make_space
+from ._builder import build_slimmable, builder_default, default_input, finish_entrypoint, forwards_kwargs, make_space
 from .registry import KINETICS_MEAN, KINETICS_STD, DefaultCfg, register_model
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
 ]
 
 
+@forwards_kwargs(create_x3d)
 def create_slimmable_x3d(
     *,
     width_range: Sequence[float] = (0.5, 1.0),
@@ -74,6 +75,7 @@ _X3D_M = DefaultCfg(frames=16, crop=224, mean=KINETICS_MEAN, std=KINETICS_STD)
 _X3D_L = DefaultCfg(frames=16, crop=312, mean=KINETICS_MEAN, std=KINETICS_STD)
 
 
+@forwards_kwargs(create_slimmable_x3d)
 @register_model(default_cfg=_X3D_XS)
 def mutual_x3d_xs(
     *,
@@ -96,6 +98,7 @@ def mutual_x3d_xs(
                        frames=frames, crops=crops, num_subnets=num_subnets, widths=widths, **create_x3d_kwargs)
 
 
+@forwards_kwargs(create_slimmable_x3d)
 @register_model(default_cfg=_X3D_S)
 def mutual_x3d_s(
     *,
@@ -114,6 +117,7 @@ def mutual_x3d_s(
                        frames=frames, crops=crops, num_subnets=num_subnets, widths=widths, **create_x3d_kwargs)
 
 
+@forwards_kwargs(create_slimmable_x3d)
 @register_model(default_cfg=_X3D_M)
 def mutual_x3d_m(
     *,
@@ -132,6 +136,7 @@ def mutual_x3d_m(
                        frames=frames, crops=crops, num_subnets=num_subnets, widths=widths, **create_x3d_kwargs)
 
 
+@forwards_kwargs(create_slimmable_x3d)
 @register_model(default_cfg=_X3D_L)
 def mutual_x3d_l(
     *,
