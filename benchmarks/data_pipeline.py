@@ -30,9 +30,9 @@ from collections.abc import Callable
 import torch
 
 from mutualnet_video.core import ConfigSpace, SubnetConfig
+from mutualnet_video.core.inputs import KINETICS_MEAN, KINETICS_STD
 from mutualnet_video.data import kinetics_dataset, make_synthetic_kinetics
 from mutualnet_video.engine import SandwichSampler
-from mutualnet_video.models.registry import KINETICS_MEAN, KINETICS_STD
 
 MEAN, STD = KINETICS_MEAN, KINETICS_STD  # the normalization the kinetics_dataset default uses
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
+import runpy
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,12 +13,19 @@ import torch
 ROOT = Path(__file__).resolve().parents[1] / "projects"
 
 
-def _load(project: str):
-    path = ROOT / project / "train_net.py"
-    spec = importlib.util.spec_from_file_location(f"_project_{project}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def _main(project: str, argv: list[str]) -> dict:
+    """What ``projects/<project>/train_net.py ARGV`` runs (the scripts are this one call)."""
+    from mutualnet_video.tasks.projects import run_project
+
+    return run_project(argv, description=f"{project} project")
+
+
+@pytest.mark.parametrize("project", ["image_classification", "detection", "segmentation"])
+def test_project_scripts_run_the_shared_driver(project, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", [f"{project}/train_net.py", "--help"])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(ROOT / project / "train_net.py"), run_name="__main__")
+    assert exit_info.value.code == 0 and "--config" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("project, config, overrides", [
@@ -27,8 +35,7 @@ def _load(project: str):
     ("segmentation", "deeplabv3_mobilenet_v2_shapes.yaml", ["optim.max_iters=1", "data.train.num_images=2"]),
 ])
 def test_project_trains_a_few_iterations(project, config, overrides, capsys, tmp_path):
-    module = _load(project)
-    result = module.main(["--config", str(ROOT / project / "configs" / config), *overrides,
+    result = _main(project, ["--config", str(ROOT / project / "configs" / config), *overrides,
                           f"output_dir={tmp_path}"])
     iterations = int(overrides[0].split("=")[1])
     assert len(result["history"]) == iterations
@@ -78,20 +85,19 @@ def test_config_errors_name_the_key_and_the_replacement_of_removed_keys(tmp_path
 
 
 def test_project_resumes_and_a_bad_config_exits_2_with_one_line(tmp_path, capsys):
-    module = _load("image_classification")
     config = str(ROOT / "image_classification" / "configs" / "mobilenet_v1_shapes.yaml")
     common = ["--config", config, "data.train.num_images=6", "data.batch_size=4", f"output_dir={tmp_path}",
               "train.checkpoint_period=1", "optim.max_iters=2"]
-    first = module.main(common)
+    first = _main("image_classification", common)
     (tmp_path / "model_final.pth").unlink()  # as if killed during the last iteration
     (tmp_path / "last_checkpoint").write_text("model_0000001.pth")
     capsys.readouterr()
-    result = module.main([*common, "--resume"])
+    result = _main("image_classification", [*common, "--resume"])
     assert len(result["history"]) == 1  # iteration 0 came from the checkpoint
     out = capsys.readouterr().out
     assert "iter 1 " in out and "iter 0 " not in out
     assert result["history"][0] == first["history"][1]  # the same losses as the uninterrupted run
     with pytest.raises(SystemExit) as exit_info:
-        module.main(["--config", config, "optim.lr=-1"])
+        _main("image_classification", ["--config", config, "optim.lr=-1"])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip() == "train_net: optim.lr: must be > 0, got -1"

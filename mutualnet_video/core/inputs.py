@@ -13,7 +13,16 @@ import torch.nn.functional as F
 
 from .config import ConfigSpace, SubnetConfig
 
-__all__ = ["subsample_frames", "resize_crop", "clip_for_config", "dummy_input"]
+__all__ = ["subsample_frames", "resize_crop", "clip_for_config", "dummy_input", "KINETICS_MEAN", "KINETICS_STD",
+           "IMAGENET_MEAN", "IMAGENET_STD"]
+
+# The normalization of the inputs: PyTorchVideo's Kinetics one (its model zoo recipes; the
+# default of ``data.kinetics_dataset`` and of the video entrypoints' ``DefaultCfg``) and
+# torchvision's ImageNet one (the 2D entrypoints').
+KINETICS_MEAN = (0.45, 0.45, 0.45)
+KINETICS_STD = (0.225, 0.225, 0.225)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 ModelInput = torch.Tensor | list[torch.Tensor]
 

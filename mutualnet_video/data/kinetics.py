@@ -38,7 +38,7 @@ from pytorchvideo.data.utils import MultiProcessSampler
 from pytorchvideo.transforms.functional import short_side_scale, uniform_crop, uniform_temporal_subsample
 
 from ..core import ConfigSpace
-from ..models.registry import KINETICS_MEAN, KINETICS_STD
+from ..core.inputs import KINETICS_MEAN, KINETICS_STD
 from .decoding import open_video
 from .sampling import ConstantClipsPerVideoSampler, FullVideoClipSampler, ShardedVideoSampler
 

@@ -18,6 +18,7 @@ layers that ``export_subnet(..., fold_bn=True)`` folds.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import warnings
@@ -177,6 +178,14 @@ def bn_fold_pairs(model: nn.Module, cfg: SubnetConfig, *, inputs: ModelInput | N
     :func:`export_subnet`; the pairs depend on the graph, not on the values). In the
     exported copy each folded BN is ``nn.Identity`` under its name. ``model`` is left unchanged.
     """
+    with _eval_trace(model, cfg, inputs) as (trace, output, _):
+        return _fold_pairs(model, trace, output)
+
+
+@contextlib.contextmanager
+def _eval_trace(model: nn.Module, cfg: SubnetConfig, inputs: ModelInput | None):
+    """``(trace, output, inputs)`` of one eval-mode forward of ``model`` at ``cfg`` (validated
+    against its space; ``inputs`` default to :func:`example_inputs`); the mode is restored after."""
     space = get_space(model)
     if space is not None:
         space.validate(cfg)
@@ -186,7 +195,7 @@ def bn_fold_pairs(model: nn.Module, cfg: SubnetConfig, *, inputs: ModelInput | N
     model.eval()
     try:
         trace, output = _trace(model, cfg, inputs)
-        return _fold_pairs(model, trace, output)
+        yield trace, output, inputs
     finally:
         model.train(was_training)
 
@@ -289,15 +298,7 @@ def export_subnet(
     PyTorchVideo's ``Swish`` (X3D; ``x * sigmoid(x)`` as a Python autograd Function,
     which a traced TorchScript module cannot save) becomes the same ``nn.SiLU``.
     """
-    space = get_space(model)
-    if space is not None:
-        space.validate(cfg)
-    if inputs is None:
-        inputs = example_inputs(model, cfg)
-    was_training = model.training
-    model.eval()
-    try:
-        trace, reference = _trace(model, cfg, inputs)
+    with _eval_trace(model, cfg, inputs) as (trace, reference, inputs):
         pairs = _fold_pairs(model, trace, reference) if fold_bn else {}
         reference = [t.detach() for t in _tensors(reference)]
 
@@ -360,8 +361,6 @@ def export_subnet(
                                            atol=atol if atol is not None else tol,
                                            msg=lambda m: f"exported {cfg} differs from the slimmable model: {m}")
         return exported
-    finally:
-        model.train(was_training)
 
 
 def _is_pytorchvideo_swish(module: nn.Module) -> bool:

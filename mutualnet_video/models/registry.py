@@ -15,6 +15,8 @@ from typing import Any, TypeVar, overload
 
 from torch import nn
 
+from ..core.inputs import IMAGENET_MEAN, IMAGENET_STD, KINETICS_MEAN, KINETICS_STD
+
 __all__ = [
     "DefaultCfg",
     "KINETICS_MEAN",
@@ -31,11 +33,7 @@ __all__ = [
     "UnknownModelError",
 ]
 
-# PyTorchVideo's Kinetics normalisation (its model zoo recipes) and torchvision's ImageNet one.
-KINETICS_MEAN = (0.45, 0.45, 0.45)
-KINETICS_STD = (0.225, 0.225, 0.225)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+# KINETICS_MEAN/STD, IMAGENET_MEAN/STD: defined with the inputs in core (data/ reads them too).
 
 _DEFAULT_CFG_ATTR = "default_cfg"
 

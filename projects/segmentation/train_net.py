@@ -12,21 +12,9 @@ The run is :func:`mutualnet_video.tasks.projects.run_project`: the video runs' c
 Trainer, checkpoints and resume.
 """
 
-from __future__ import annotations
-
-import os
 import sys
 
-try:
-    from mutualnet_video.tasks.projects import run_project
-except ImportError:  # running from a source checkout without `pip install -e .`
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-    from mutualnet_video.tasks.projects import run_project
-
-
-def main(argv: list[str] | None = None) -> dict:
-    return run_project(argv, description=__doc__)
-
+from mutualnet_video.tasks.projects import run_project
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_project(sys.argv[1:], description=__doc__)
