@@ -10,7 +10,7 @@ import pytest
 
 from mutualnet_video.core import ConfigSpace
 from mutualnet_video.data import build_loader, kinetics_dataset, make_clip_dataset, read_video_list
-from mutualnet_video.data.synthetic import _write_mp4
+from mutualnet_video.data.synthetic import write_mp4
 
 
 def _source(path, *, frames: int, fps: int, height: int = 48, width: int = 64, seed: int = 0) -> np.ndarray:
@@ -19,7 +19,7 @@ def _source(path, *, frames: int, fps: int, height: int = 48, width: int = 64, s
     base = rng.integers(0, 30, size=(1, height, width, 3))
     clip = np.stack([np.full((height, width, 3), 10 * i) for i in range(frames)]) + base
     clip = np.clip(clip, 0, 255).astype(np.uint8)
-    _write_mp4(path, clip, fps=fps, codec="libx264" if "libx264" in av.codecs_available else "mpeg4")
+    write_mp4(path, clip, fps=fps, codec="libx264" if "libx264" in av.codecs_available else "mpeg4")
     return clip
 
 

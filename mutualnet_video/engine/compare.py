@@ -72,7 +72,7 @@ from ..evaluation.budgets import save_figure
 from ..export import export_subnet
 from ..io import atomic_write_text
 from .config import ConfigError, build_dataset, build_model, dump_config
-from .launch import make_synthetic_data, seed_everything
+from .launch import seed_everything
 from .mutual import SandwichSampler, SingleSampler
 from .trainer import Trainer, default_eval_configs, eval_batches
 
@@ -637,6 +637,9 @@ def compare_methods(
 ) -> Comparison:
     """Train and evaluate every method of ``methods`` on ``cfg``'s data; write the results.
 
+    Run it inside :func:`~mutualnet_video.engine.launch` (threads, ``data.synthetic``), as
+    ``tools/compare_methods.py`` does; every run is seeded with its own seed.
+
     Args:
         cfg: a validated config (:func:`~mutualnet_video.engine.config.load_config`) whose
             model carries a ConfigSpace and that has ``data.train`` and ``data.val``.
@@ -677,7 +680,6 @@ def compare_methods(
     if cfg["data"].get("val") is None:
         raise ConfigError("data.val: required by the comparison (a dataset _target_ node)")
 
-    make_synthetic_data(cfg)
     train_sets = {seed: _build_split(cfg, "train", space=space, seed=seed) for seed in seeds}
     val_set = _build_split(cfg, "val", space=space, seed=cfg["train"]["seed"])
     base = _base_iters(cfg, train_sets[seeds[0]])

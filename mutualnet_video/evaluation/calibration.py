@@ -23,6 +23,7 @@ __all__ = [
     "NotCalibratedError",
     "calibrate_bn",
     "batch_video",
+    "default_input_fn",
     "missing_calibration",
     "check_calibrated",
     "CALIBRATE_HINT",
@@ -57,7 +58,9 @@ def batch_video(batch: Any) -> torch.Tensor:
     )
 
 
-def _default_input_fn(model: nn.Module, device: torch.device | str | None) -> InputFn:
+def default_input_fn(model: nn.Module, device: torch.device | str | None) -> InputFn:
+    """``(batch, cfg) -> input``: the batch's clip on ``device`` (default: the model's), cut
+    for ``cfg`` by the model's space (``space.model_input``; ``clip_for_config`` without one)."""
     space = get_space(model)
     if device is None:
         param = next(model.parameters(), None)
@@ -138,7 +141,7 @@ def calibrate_bn(
             "configuration and are left as they are", stacklevel=3,
         )
     if input_fn is None:
-        input_fn = _default_input_fn(model, device)
+        input_fn = default_input_fn(model, device)
 
     # Everything restored in `finally`.
     training = {m: m.training for m in model.modules()}

@@ -18,7 +18,7 @@ from torch import nn
 
 from ..core import SubnetConfig, current_config, get_space, set_config, slimmable_modules
 from .budgets import BudgetRecord, mark_pareto, measure_latency
-from .calibration import InputFn, _default_input_fn, check_calibrated
+from .calibration import InputFn, check_calibrated, default_input_fn
 from .multiview import MultiViewAccumulator, ViewSpec, view_mask
 
 __all__ = ["evaluate_configs", "default_flops_fn", "default_params_fn"]
@@ -141,7 +141,7 @@ def evaluate_configs(
         flops_fn = flops_fn or default_flops_fn()
         params_fn = params_fn or default_params_fn()
     if input_fn is None:
-        input_fn = _default_input_fn(model, device)
+        input_fn = default_input_fn(model, device)
 
     accumulators = {(cfg, spec): MultiViewAccumulator() for cfg in configs for spec in specs}
     was_training, previous = model.training, current_config(model) if switch else None
