@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import runpy
 import sys
@@ -9,6 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from mutualnet_video.core import SubnetConfig
 
 ROOT = Path(__file__).resolve().parents[1] / "projects"
 
@@ -46,10 +49,20 @@ def test_project_trains_a_few_iterations(project, config, overrides, capsys, tmp
             assert losses and all(math.isfinite(v) for v in losses.values())
     out = capsys.readouterr().out
     assert out.count("iter 0 ") == len(result["history"][0])
-    # BN is calibrated per configuration before every evaluation configuration is scored
-    results = next(v for k, v in result.items() if k != "history")
-    assert "calibrated BN statistics of" in out and out.index("calibrated BN") < out.index("eval ")
-    assert out.count("eval ") == len(results) >= 2
+    # BN is calibrated per configuration before every configuration of the space is scored
+    rows = result["final"]
+    configs = [SubnetConfig.from_tag(r["config"]) for r in rows]
+    assert len(configs) >= 4 and configs[0].width == 1.0 and all(r["calibrated"] for r in rows)
+    assert f"calibrated BN statistics of {len(rows)} configurations" in out
+    scored = out[out.index("calibrated BN statistics"):]
+    if project == "image_classification":  # logits: the final table, one line per configuration
+        printed = {tuple(line.split()[:3]) for line in scored.splitlines()}
+        assert all((f"{c.width:.3g}", "-", str(c.crop)) in printed for c in configs), scored
+        assert all(0 <= r["top1"] <= 100 for r in rows)
+    else:  # the task's own score, one line per configuration
+        assert scored.count("eval ") == len(rows) and all(f"eval {c}:" in scored for c in configs)
+    saved = json.loads((tmp_path / "final_evaluation.json").read_text())["rows"]
+    assert [r["config"] for r in saved] == [r["config"] for r in rows]
     # the video runs' machinery: checkpoints, metrics, the saved config
     assert (tmp_path / "model_final.pth").is_file() and (tmp_path / "config.yaml").is_file()
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()

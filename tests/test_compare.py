@@ -328,7 +328,7 @@ def _main(monkeypatch, argv: list[str]) -> int:
     monkeypatch.syspath_prepend(str(ROOT / "tools"))
     import compare_methods as cli
 
-    names = ("mutualnet_video.engine.trainer", "fvcore.common.checkpoint")
+    names = ("mutualnet_video.engine.trainer", "mutualnet_video.engine.hooks", "fvcore.common.checkpoint")
     levels = {n: logging.getLogger(n).level for n in names}
     try:
         return cli.main(argv)

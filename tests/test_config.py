@@ -184,19 +184,19 @@ def test_train_net_cli_trains_resumes_and_reports_config_errors(tmp_path, capsys
 def test_forwarded_builder_keywords_are_checked_through_the_declared_target():
     """``forwards_kwargs`` is what extends the check to the stock builder's keywords (not the
     name of the ``**kwargs`` parameter)."""
-    from mutualnet_video.engine.config import _accepted_kwargs
+    from mutualnet_video.engine.config import accepted_kwargs
     from mutualnet_video.models import create_slimmable_x3d, mutual_x3d_xs
 
     stock = {"input_clip_length", "width_factor", "head_activation", "model_num_class"}
-    assert stock <= _accepted_kwargs(create_slimmable_x3d) and stock <= _accepted_kwargs(mutual_x3d_xs)
-    assert {"width_range", "weights"} <= _accepted_kwargs(mutual_x3d_xs)
+    assert stock <= accepted_kwargs(create_slimmable_x3d) and stock <= accepted_kwargs(mutual_x3d_xs)
+    assert {"width_range", "weights"} <= accepted_kwargs(mutual_x3d_xs)
 
     def builder(*, width_range=(0.5, 1.0), **create_x3d_kwargs):  # a var-keyword named like the target
         return None
 
-    assert _accepted_kwargs(builder) is None  # not declared: not checked, whatever the name
+    assert accepted_kwargs(builder) is None  # not declared: not checked, whatever the name
     builder.forwards_to = create_slimmable_x3d
-    assert stock | {"width_range"} <= _accepted_kwargs(builder)
+    assert stock | {"width_range"} <= accepted_kwargs(builder)
     with pytest.raises(ConfigError, match=r"model\.widht_factor: unknown keyword argument of .*mutual_x3d_xs "
                                           r"\(did you mean width_factor, width_range, widths\?\)"):
         default_config(model={"_target_": "mutualnet_video.models.mutual_x3d_xs", "widht_factor": 2.0},

@@ -162,7 +162,9 @@ def test_epochs_validation_logs_and_final_table(tmp_path, capsys):
     assert rows and rows[0]["config"] == "w1000_f4_c32"
     out = capsys.readouterr().out
     assert "top1" in out and "top5" not in out  # 5 classes: every prediction is in the top 5
-    assert out.splitlines()[2].split()[7] == "1.00x"  # the full row's cost relative to itself
+    lines = out.splitlines()
+    assert lines[0] == "calibrated BN statistics of 3 configurations on 9 batches"
+    assert lines[3].split()[7] == "1.00x"  # the full row's cost relative to itself
     # the table, as written to output_dir/final_evaluation.json
     saved = json.loads((tmp_path / "final_evaluation.json").read_text())
     assert saved == {"rows": json.loads(json.dumps(rows))}
@@ -226,13 +228,19 @@ def test_launch_sets_up_the_process_and_the_trainer_changes_nothing_global(tmp_p
                  "frames": 8, "size": [16, 16]}
     cfg = _cfg(tmp_path / "out", train={"cpu_threads": 1, "seed": 5},
                data={"synthetic": synthetic})
+    from mutualnet_video.engine import build_model
+
     before = torch.get_num_threads()
     try:
         torch.manual_seed(123)
-        Trainer(cfg)  # builds the model (it draws its initial weights) but sets nothing up
-        assert torch.get_num_threads() == before
-        assert not (tmp_path / "synthetic").exists()
+        build_model(cfg)  # what building the Trainer draws from the global RNG: the initial weights
+        reference = torch.rand(3)
+        torch.manual_seed(123)
+        Trainer(cfg)  # builds the model but seeds nothing, sets no thread count, writes no file
         drawn_after_trainer = torch.rand(3)
+        assert torch.equal(drawn_after_trainer, reference)
+        assert torch.get_num_threads() == before
+        assert not (tmp_path / "synthetic").exists() and not (tmp_path / "out").exists()
         with launch(cfg):
             assert torch.get_num_threads() == 1
             assert (tmp_path / "synthetic" / "train.csv").is_file()

@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.verbose:
-        for name in ("mutualnet_video.engine.trainer", "fvcore.common.checkpoint"):
+        for name in ("mutualnet_video.engine.trainer", "mutualnet_video.engine.hooks", "fvcore.common.checkpoint"):
             logging.getLogger(name).setLevel(logging.WARNING)
     command = shlex.join([os.path.basename(sys.argv[0]) if argv is None else "compare_methods.py",
                           *(sys.argv[1:] if argv is None else argv)])

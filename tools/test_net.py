@@ -50,22 +50,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from mutualnet_video.checkpoint import CheckpointMismatchError
+    from mutualnet_video.engine import launch
     from mutualnet_video.engine.config import ConfigError, load_config
     from mutualnet_video.engine.inference import run_test
     from mutualnet_video.evaluation import NotCalibratedError, format_table, pareto_front
 
     try:
         cfg = load_config(args.config, args.opts)
-        if cfg["train"]["cpu_threads"] is not None:  # same process setting as training (configs/README.md)
-            import torch
-
-            torch.set_num_threads(cfg["train"]["cpu_threads"])
-        result = run_test(
-            cfg, checkpoint=args.checkpoint, calibrate=args.calibrate, widths=args.widths, frames=args.frames,
-            crops=args.crops, views=args.views, output_dir=args.output, device=args.device,
-            latency_repeats=args.latency, latency_threads=args.threads, max_batches=args.max_batches,
-            progress=not args.no_progress,
-        )
+        with launch(cfg):  # the same process setup as training: threads, seeds, data.synthetic
+            result = run_test(
+                cfg, checkpoint=args.checkpoint, calibrate=args.calibrate, widths=args.widths, frames=args.frames,
+                crops=args.crops, views=args.views, output_dir=args.output, device=args.device,
+                latency_repeats=args.latency, latency_threads=args.threads, max_batches=args.max_batches,
+                progress=not args.no_progress,
+            )
     except (ConfigError, NotCalibratedError, CheckpointMismatchError, FileNotFoundError, ValueError) as e:
         print(f"test_net: {e}", file=sys.stderr)
         return 2

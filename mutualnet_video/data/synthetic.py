@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import atomic_write_text
+from ..io import atomic_path, atomic_write_text
 
 __all__ = ["SYNTHETIC_CLASSES", "make_synthetic_kinetics", "pick_codec", "render_clip", "write_mp4"]
 
@@ -151,13 +151,12 @@ def render_clip(label: int, *, frames: int, height: int, width: int,
 
 
 def write_mp4(path: Path, clip: np.ndarray, *, fps: int, codec: str) -> None:
-    """Encode ``clip`` (``(T, H, W, 3)`` uint8) to ``path`` with PyAV, atomically (a
-    temporary file, then ``os.replace``)."""
+    """Encode ``clip`` (``(T, H, W, 3)`` uint8) to ``path`` with PyAV, atomically
+    (:func:`mutualnet_video.io.atomic_path`)."""
     import av
 
-    tmp = path.with_name(path.name + ".tmp")
     frames, height, width, _ = clip.shape
-    with av.open(str(tmp), mode="w", format="mp4") as container:
+    with atomic_path(path) as tmp, av.open(str(tmp), mode="w", format="mp4") as container:
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height = width, height
         stream.pix_fmt = "yuv420p"
@@ -171,7 +170,6 @@ def write_mp4(path: Path, clip: np.ndarray, *, fps: int, codec: str) -> None:
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
-    os.replace(tmp, path)
 
 
 def pick_codec(codec: str | None) -> str:

@@ -41,6 +41,8 @@ __all__ = [
     "validate_config",
     "default_config",
     "resolve_target",
+    "accepts_kwarg",
+    "accepted_kwargs",
     "instantiate",
     "build_model",
     "build_dataset",
@@ -325,7 +327,7 @@ def accepts_kwarg(fn: Callable, name: str) -> bool:
     return name in params or any(p.kind == inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
-def _accepted_kwargs(fn: Callable) -> set[str] | None:
+def accepted_kwargs(fn: Callable) -> set[str] | None:
     """Keyword names ``fn`` accepts; None if it takes ``**kwargs`` it does not declare.
 
     A builder that passes ``**kwargs`` on names the callable it forwards to in its
@@ -345,13 +347,13 @@ def _accepted_kwargs(fn: Callable) -> set[str] | None:
         inner = getattr(fn, "forwards_to", None)
         if not callable(inner):
             return None
-        inner_names = _accepted_kwargs(inner)
+        inner_names = accepted_kwargs(inner)
         return None if inner_names is None else names | inner_names
     return names
 
 
 def _check_kwargs(fn: Callable, kwargs: Sequence[str], path: str, target: str) -> None:
-    accepted = _accepted_kwargs(fn)
+    accepted = accepted_kwargs(fn)
     if accepted is None:
         return
     for key in kwargs:
@@ -609,12 +611,6 @@ def build_model(cfg: Mapping[str, Any]):
     return model
 
 
-def _is_map_style(dataset: Any) -> bool:
-    from torch.utils.data import IterableDataset
-
-    return not isinstance(dataset, IterableDataset) and hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")
-
-
 def build_dataset(cfg: Mapping[str, Any], split: str, *, space: Any = None, seed: int | None = None, rank: int = 0,
                   world_size: int = 1, options: Mapping[str, Any] | None = None,
                   required: Mapping[str, Any] | None = None, optional_node: bool = True) -> Any:
@@ -653,7 +649,9 @@ def build_dataset(cfg: Mapping[str, Any], split: str, *, space: Any = None, seed
     if shardable:
         extra.update(rank=rank, world_size=world_size)
     dataset = instantiate(node, _path=f"data.{split}", **extra)
-    if world_size > 1 and not shardable and not _is_map_style(dataset):
+    from .stream import is_map_style
+
+    if world_size > 1 and not shardable and not is_map_style(dataset):
         raise ConfigError(
             f"data.{split}._target_: {node['_target_']} takes no rank/world_size, so an iterable dataset "
             "cannot be sharded over the DDP processes"

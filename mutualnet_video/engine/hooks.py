@@ -15,8 +15,11 @@ raises (a hook may raise a more informative error instead); ``after_train`` alwa
 * :class:`NanGuard`: a non-finite loss stops the run with one message naming the
   configuration and the last good checkpoint, also written to ``metrics.jsonl``.
 
-:class:`FinalEvaluation` (BN calibration per configuration, then the final table) is
-added by ``tools/train_net.py``; tests and ``compare_methods`` run it when they need it.
+:class:`FinalEvaluation` (BN calibration per configuration, then the final table or the
+task's scores) is added by ``tools/train_net.py`` and the 2D projects' ``run_project``.
+These hooks read the :class:`~mutualnet_video.engine.trainer.Trainer`'s writer,
+checkpointer, stream and validation; a hook for a bare ``TrainerBase`` uses only the loop's
+attributes (``iteration``, ``max_iters``, ``step_losses``, ``step_terms``, timings).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from ..core import SubnetConfig
-    from .trainer import TrainerBase
+    from .trainer import Trainer
 
 __all__ = ["HookBase", "MetricsLogger", "PeriodicCheckpointer", "PeriodicValidation", "NanGuard", "FinalEvaluation"]
 
@@ -38,7 +41,7 @@ logger = logging.getLogger(__name__)
 class HookBase:
     """Base class: every method is a no-op. ``self.trainer`` is set by ``register_hooks``."""
 
-    trainer: TrainerBase
+    trainer: Trainer
 
     def before_train(self) -> None:
         pass

@@ -40,11 +40,11 @@ class ClassificationTask:
     configuration, KL(teacher || student) of the logits for the others (the paper's loss)."""
 
     name = "classification"
-    #: the model returns ``(N, classes)`` logits, which ``evaluate_configs`` scores (the
-    #: trainer's periodic validation and final evaluation run for such tasks only)
+    #: the model returns ``(N, classes)`` logits, which ``evaluate_configs`` scores (periodic
+    #: validation runs for such tasks only; the others are scored by :meth:`score`)
     logits = True
-    #: what :meth:`score` measures (the key of the 2D projects' results)
-    score_name = "accuracy"
+    #: the task's step runs under DistributedDataParallel
+    supports_ddp = True
     #: ``(batch inputs, subnet) -> model input`` for BN calibration; ``None``: ``calibrate_bn``'s
     #: default (``space.model_input`` of the batch's clip)
     calibration_input: Callable[[Any, SubnetConfig], Any] | None = None
@@ -88,12 +88,8 @@ class ClassificationTask:
         """The module BN calibration runs (e.g. a detector's backbone)."""
         return model
 
-    @torch.no_grad()
-    def score(self, model: nn.Module, subnet: SubnetConfig, inputs: Any, targets: Any) -> tuple[float, str]:
-        """``(value, text)`` of the model at ``subnet`` (already switched, eval mode) on a batch."""
-        from ..core import get_space
-
-        space = get_space(model)
-        logits = model(space.model_input(inputs, subnet) if space is not None else inputs)
-        accuracy = float((logits.argmax(1) == targets).float().mean())
-        return accuracy, f"top1={accuracy:.3f}"
+    def score(self, model: nn.Module, subnet: SubnetConfig, inputs: Any, targets: Any) -> tuple[Any, str]:
+        """``(value, text)`` of the model at ``subnet`` (already switched, eval mode, no grad)
+        on the validation inputs: how a task whose model does not return logits is scored
+        after training (classification is scored by ``evaluate_configs``)."""
+        raise NotImplementedError(f"{type(self).__name__} returns logits: evaluate it with evaluate_configs")

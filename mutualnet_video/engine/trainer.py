@@ -43,7 +43,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..checkpoint import MutualCheckpointer
-from ..core import SubnetConfig, get_space
+from ..core import SubnetConfig, get_space, use_config
 from ..evaluation import BudgetRecord, calibrate_bn, evaluate_configs, format_table
 from ..io import atomic_write_text
 from .config import ConfigError, build_dataset, build_model, dump_config, instantiate
@@ -204,6 +204,10 @@ class Trainer(TrainerBase):
                                "mutualnet_video.engine.launch(cfg)")
         device = resolve_device(tcfg["device"])
         rank, world_size = get_rank(), get_world_size()
+        if task is None:
+            task = instantiate(cfg["task"], _path="task") if cfg.get("task") else ClassificationTask()
+        if world_size > 1 and not task.supports_ddp:
+            raise ConfigError(f"task._target_: {type(task).__name__} does not train under DDP yet; run one process")
         model = build_model(cfg) if model is None else model
         space = get_space(model)
         if cfg["mutual"]["mode"] == "mutual" and space is None:
@@ -234,8 +238,6 @@ class Trainer(TrainerBase):
         amp = tcfg["amp"] and device.type == "cuda"
         if tcfg["amp"] and not amp and rank == 0:
             logger.info("train.amp ignored: AMP runs on CUDA only (device %s)", device)
-        if task is None:
-            task = instantiate(cfg["task"], _path="task") if cfg.get("task") else ClassificationTask()
         if sampler is None and space is not None:
             generator = torch.Generator().manual_seed(tcfg["seed"] + 1)
             input_fn = functools.partial(task.inputs, space)
@@ -437,20 +439,27 @@ def final_evaluation(trainer: Trainer, *, configs: Sequence[SubnetConfig] | None
 
     ``configs`` default to ``eval.configs`` (tags), else full / middle / smallest
     (:func:`default_eval_configs`). Runs ``mutualnet_video.evaluation.calibrate_bn`` on
-    ``eval.calib_batches`` training batches (one decoded batch serves every
-    configuration), then ``evaluate_configs`` on the validation data (one view per video,
-    at most ``eval.max_batches`` batches), counting GFLOPs with ``count_flops``. Under
-    DDP each rank calibrates on its own batches and evaluates its shard; the hits are
-    summed over the ranks. Prints the table (``evaluation.format_table``) on rank 0, logs
-    ``final/<tag>/top1|top5``, and returns one row per configuration: ``{"config" (tag),
-    "width", "frames", "crop", "gflops", "top1", "top5", "videos", "calibrated"}``; rank 0
-    also writes them to ``output_dir/final_evaluation.json`` (``{"rows": [...]}``,
-    atomically). A model without a ConfigSpace is evaluated once, as it is
-    (``"calibrated": False``).
+    ``eval.calib_batches`` training batches (one decoded batch serves every configuration;
+    through the task's ``calibration_view`` / ``calibration_input``), then scores each
+    configuration on the validation data:
+
+    * a task whose model returns logits (classification): ``evaluate_configs`` (one view
+      per video, at most ``eval.max_batches`` batches, GFLOPs from ``count_flops``); under
+      DDP each rank calibrates on its own batches and evaluates its shard, the hits are
+      summed over the ranks; rank 0 prints ``evaluation.format_table``. A row:
+      ``{"config" (tag), "width", "frames", "crop", "gflops", "top1", "top5", "videos",
+      "calibrated"}``;
+    * another task (detection, segmentation): ``task.score`` on the validation set, one
+      line ``eval <configuration>: <text>`` each; a row: ``{"config", "width", "frames",
+      "crop", "score", "text", "calibrated"}``.
+
+    Logs ``final/<tag>/...``; rank 0 writes the rows to ``output_dir/final_evaluation.json``
+    (``{"rows": [...]}``, atomically). A model without a ConfigSpace is evaluated once, as
+    it is (``"calibrated": False``).
     """
     if trainer.val_dataset is None:
         return []
-    space = trainer.space
+    space, task = trainer.space, trainer.task
     rows: list[dict[str, Any]] = []
     records: list[BudgetRecord] = []
     if space is None:
@@ -466,31 +475,64 @@ def final_evaluation(trainer: Trainer, *, configs: Sequence[SubnetConfig] | None
         for subnet in configs:
             space.validate(subnet)
         num = trainer.cfg["eval"]["calib_batches"]
-        calibrate_bn(trainer.model, trainer.calibration_batches(num), configs, num_batches=num, device=trainer.device)
-        local = evaluate_configs(
-            trainer.model, eval_batches(trainer.val_loader(), trainer.device), configs, views=("1x1",),
-            device=trainer.device, progress=False, require_calibrated=True,
-            max_batches=trainer.cfg["eval"]["max_batches"],
-        )
-        for r in local:
-            top1, top5, videos = _sum_hits(r, trainer.device)
-            record = replace(r, top1=100.0 * top1 / videos, top5=100.0 * top5 / videos, num_videos=int(round(videos)),
-                             pareto=False)
-            records.append(record)
-            rows.append({"config": r.config.tag, "width": r.width, "frames": r.frames, "crop": r.crop,
-                         "gflops": r.gflops_per_view, "top1": record.top1, "top5": record.top5,
-                         "videos": record.num_videos, "calibrated": True})
+        used = calibrate_bn(task.calibration_view(trainer.model), trainer.calibration_batches(num), configs,
+                            num_batches=num, device=trainer.device, input_fn=task.calibration_input)
+        if trainer.is_main:
+            print(f"calibrated BN statistics of {len(configs)} configurations on {used} batches")
+        if task.logits:
+            records, rows = _evaluate_logits(trainer, configs)
+        else:
+            rows = _evaluate_scores(trainer, configs)
     if trainer.is_main:
         atomic_write_text(os.path.join(trainer.output_dir, "final_evaluation.json"),
                           json.dumps({"rows": rows}, indent=1) + "\n")
         if records:
             print(format_table(records, num_classes=_num_classes(trainer), sort=False))
-        else:
+        elif space is None:
             print(f"full (as built, no ConfigSpace): top1 {rows[0]['top1']:.2f}  top5 {rows[0]['top5']:.2f}  "
                   f"({rows[0]['videos']} videos)")
         for row in rows:
-            trainer.writer.write(trainer.iteration, {f"final/{row['config']}/top1": row["top1"],
-                                                     f"final/{row['config']}/top5": row["top5"]})
+            values = {k: row[k] for k in ("top1", "top5", "score") if isinstance(row.get(k), (int, float))}
+            trainer.writer.write(trainer.iteration, {f"final/{row['config']}/{k}": v for k, v in values.items()})
+    return rows
+
+
+def _evaluate_logits(trainer: Trainer, configs: list[SubnetConfig]) -> tuple[list[BudgetRecord], list[dict]]:
+    local = evaluate_configs(
+        trainer.model, eval_batches(trainer.val_loader(), trainer.device), configs, views=("1x1",),
+        device=trainer.device, progress=False, require_calibrated=True, max_batches=trainer.cfg["eval"]["max_batches"],
+    )
+    records, rows = [], []
+    for r in local:
+        top1, top5, videos = _sum_hits(r, trainer.device)
+        record = replace(r, top1=100.0 * top1 / videos, top5=100.0 * top5 / videos, num_videos=int(round(videos)),
+                         pareto=False)
+        records.append(record)
+        rows.append({"config": r.config.tag, "width": r.width, "frames": r.frames, "crop": r.crop,
+                     "gflops": r.gflops_per_view, "top1": record.top1, "top5": record.top5,
+                     "videos": record.num_videos, "calibrated": True})
+    return records, rows
+
+
+@torch.no_grad()
+def _evaluate_scores(trainer: Trainer, configs: list[SubnetConfig]) -> list[dict]:
+    """``task.score`` of every configuration on the whole validation set (one batch)."""
+    dataset = trainer.val_dataset
+    loader = DataLoader(dataset, batch_size=len(dataset), collate_fn=getattr(dataset, "collate_fn", None))
+    inputs, targets = trainer.task.split(next(iter(loader)), trainer.device)
+    model, rows = trainer.model, []
+    was_training = model.training
+    model.eval()
+    try:
+        for subnet in configs:
+            with use_config(model, subnet):
+                value, text = trainer.task.score(model, subnet, inputs, targets)
+            if trainer.is_main:
+                print(f"eval {subnet}: {text}")
+            rows.append({"config": subnet.tag, "width": subnet.width, "frames": subnet.frames, "crop": subnet.crop,
+                         "score": value, "text": text, "calibrated": True})
+    finally:
+        model.train(was_training)
     return rows
 
 

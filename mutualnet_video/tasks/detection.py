@@ -189,7 +189,7 @@ class DetectionTask(ClassificationTask):
 
     name = "detection"
     logits = False
-    score_name = "detections"
+    supports_ddp = False
 
     def __init__(self, *, task_weight: float = 1.0, distill_weight: float = 1.0) -> None:
         super().__init__()
@@ -205,9 +205,7 @@ class DetectionTask(ClassificationTask):
         return inputs  # the same images: the transform resizes per configuration
 
     def train_view(self, model: nn.Module) -> nn.Module:
-        if isinstance(model, nn.parallel.DistributedDataParallel):
-            raise NotImplementedError("DetectionTask: training under DDP is not supported yet (one process)")
-        self._detector = model
+        self._detector = model  # roi_distillation_loss runs the shared box head of this detector
         return DetectorTrainView(model)
 
     def criterion(self, output: Any, targets: Any) -> torch.Tensor:
