@@ -10,6 +10,7 @@ import pytest
 import torch
 import torchvision
 from fvcore.nn import FlopCountAnalysis
+from model_checks import width_rule
 from torch import nn
 from torchvision.models.resnet import Bottleneck
 
@@ -86,16 +87,7 @@ def test_every_conv_bn_linear_is_slimmable():
 
 
 # -- a sub-network equals a dense network built from the sliced weights ------------------
-def _md(channels: int, width: float) -> int:
-    """The width rule, computed here (REFERENCE.md Sec. 1): the nearest multiple of 8 of
-    ``channels * width``, at least 8, never below 90% of it, capped at ``channels``."""
-    if width == 1.0:
-        return channels
-    value = channels * width
-    rounded = max(8, int(value + 4) // 8 * 8)
-    if rounded < 0.9 * value:
-        rounded += 8
-    return min(channels, rounded)
+_md = width_rule  # the width rule, computed in the tests (REFERENCE.md Sec. 1)
 
 
 def _mobilenet_v1_rule(name, conv, cur, block_in, width):

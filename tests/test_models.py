@@ -7,6 +7,7 @@ import functools
 import pytest
 import torch
 from fvcore.nn.squeeze_excitation import SqueezeExcitation
+from model_checks import assert_full_width_equals, width_rule
 from pytorchvideo.models.head import create_res_basic_head
 from pytorchvideo.models.net import MultiPathWayWithFuse, Net
 from pytorchvideo.models.resnet import create_bottleneck_block, create_res_stage, create_resnet
@@ -104,15 +105,7 @@ def test_full_width_equals_stock(family):
     stock_sd = stock.state_dict()
     assert list(slim.state_dict()) == list(stock_sd), "state-dict keys differ from the stock model"
     slim.load_state_dict(stock_sd, strict=True)
-    space = get_space(slim)
-    x = make_input()
-    with torch.no_grad():
-        expected = stock([t.clone() for t in x] if isinstance(x, list) else x)
-        with use_config(slim, space.full()):
-            got = slim([t.clone() for t in x] if isinstance(x, list) else x)
-        got_unset = slim([t.clone() for t in x] if isinstance(x, list) else x)
-    torch.testing.assert_close(got, expected)
-    torch.testing.assert_close(got_unset, expected)
+    assert_full_width_equals(stock, slim, make_input())
 
 
 def test_x3d_train_mode_equals_stock_and_updates_same_stats():
@@ -155,14 +148,7 @@ def test_slimmable_converts_in_place_keeping_tensors_and_attributes():
 # below 90% of c * w -- capped at c, and exactly c at width 1; the classifier keeps its
 # classes; SlowFast's Fast pathway keeps its width unless slim_fast. A wrong rule in the
 # library gives a different network here, so a shape or value mismatch.
-def _rule(channels: int, width: float) -> int:
-    if width == 1.0:
-        return channels
-    value = channels * width
-    rounded = max(8, int(value + 4) // 8 * 8)
-    if rounded < 0.9 * value:
-        rounded += 8
-    return min(channels, rounded)
+_rule = width_rule
 
 
 def _part_index(parts: list[tuple[int, int]]) -> torch.Tensor:

@@ -10,6 +10,7 @@ import threading
 
 import pytest
 import torch
+from model_checks import assert_full_width_equals
 from pytorchvideo.models.resnet import create_resnet
 from pytorchvideo.models.slowfast import create_slowfast
 from pytorchvideo.models.x3d import create_x3d
@@ -190,14 +191,7 @@ def test_video_entrypoint_loads_a_zoo_checkpoint_and_equals_the_stock_model(name
     assert list(model.state_dict()) == list(stock.state_dict())
     space = get_space(model)
     x = dummy_input(space, space.full(), batch=2)
-    x = [t.normal_() for t in x] if isinstance(x, list) else x.normal_()
-    with torch.no_grad():
-        expected = stock([t.clone() for t in x] if isinstance(x, list) else x)
-        with use_config(model, space.full()):
-            got = model([t.clone() for t in x] if isinstance(x, list) else x)
-        got_unset = model([t.clone() for t in x] if isinstance(x, list) else x)
-    torch.testing.assert_close(got, expected)
-    torch.testing.assert_close(got_unset, expected)
+    assert_full_width_equals(stock, model, [t.normal_() for t in x] if isinstance(x, list) else x.normal_())
 
 
 def _mobilenet_v1(**kwargs) -> nn.Module:
