@@ -22,6 +22,8 @@ Everything that reads or writes a checkpoint goes through here: the entrypoints'
 from __future__ import annotations
 
 import os
+import pickle
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -34,7 +36,9 @@ from torch import nn
 from .io import atomic_path, atomic_write_text
 
 __all__ = [
+    "CheckpointError",
     "CheckpointMismatchError",
+    "CorruptCheckpointError",
     "MutualCheckpointer",
     "atomic_save",
     "extract_state_dict",
@@ -50,8 +54,17 @@ _STATE_KEYS = ("model_state", "model", "state_dict", "model_state_dict")
 _OPTIONAL = ".config_stats."  # per-configuration BN statistics: loaded when present, never required
 
 
-class CheckpointMismatchError(RuntimeError):
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be used (the message names the file and why)."""
+
+
+class CheckpointMismatchError(CheckpointError):
     """A checkpoint's keys or shapes do not match the model (the message names them)."""
+
+
+class CorruptCheckpointError(CheckpointError):
+    """Not a readable checkpoint: truncated, not a torch file, or holding more than tensors
+    and containers (``weights_only=True`` refused it: no pickled code ran)."""
 
 
 def path_manager() -> PathManager:
@@ -73,14 +86,43 @@ def load_checkpoint_file(path: str | os.PathLike, *, source: str | None = None,
     """``torch.load(path, map_location="cpu", weights_only=True)`` of a local path or URL.
 
     Raises ``FileNotFoundError`` naming ``source`` (default: the path) if nothing is there,
-    and ``pickle.UnpicklingError`` if the file holds more than tensors and containers.
+    and :class:`CorruptCheckpointError` naming the file if it is truncated, not a torch
+    file, or holds more than tensors and containers (``weights_only`` refuses it).
     """
     path = os.fspath(path)
     label = path if source is None else f"{source}: {path}"
     local = (manager or path_manager()).get_local_path(path) if not _is_local(path) else path.removeprefix("file://")
     if not os.path.isfile(local):
         raise FileNotFoundError(f"checkpoint not found: {label}")
-    return torch.load(local, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(local, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        if found:
+            raise CorruptCheckpointError(f"{label}: holds more than tensors and containers (it pickles "
+                                         f"{found.group(1)}); weights_only=True refused it, no code ran") from None
+        raise CorruptCheckpointError(f"{label}: not a readable checkpoint, truncated or not a torch file "
+                                     f"({_weights_only_reason(exc)})") from None
+    except Exception as exc:  # a damaged file can make the unpickler fail in any way (struct.error, KeyError, ...)
+        raise CorruptCheckpointError(f"{label}: not a readable checkpoint, truncated or not a torch file "
+                                     f"({type(exc).__name__}: {_short(exc)})") from None
+
+
+def _weights_only_reason(exc: BaseException) -> str:
+    """The unpickler's own complaint inside torch's long ``weights_only`` message."""
+    lines = [line.strip() for line in re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).splitlines()]
+    for line in lines:
+        if line.startswith("WeightsUnpickler error:"):
+            return line[len("WeightsUnpickler error:"):].strip()[:120]
+    return _short(exc)
+
+
+def _short(exc: BaseException) -> str:
+    """The first sentence of an exception's message, without terminal escapes."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip().splitlines()
+    first = text[0] if text else type(exc).__name__
+    cut = first.find(". ", 20)
+    return (first if cut < 0 else first[:cut])[:120]
 
 
 def extract_state_dict(checkpoint: Any, *, source: str) -> dict[str, torch.Tensor]:
@@ -138,7 +180,7 @@ def load_weights(model: nn.Module, path: str | os.PathLike, *, source: str | Non
 
     ``source`` names the weights in errors (e.g. ``"model.weights"`` for a config key).
     Returns the whole checkpoint payload (``{"model": state}`` for a plain state dict).
-    Raises ``FileNotFoundError``, ``pickle.UnpicklingError`` or
+    Raises ``FileNotFoundError``, :class:`CorruptCheckpointError` or
     :class:`CheckpointMismatchError`, each naming the file.
     """
     label = os.fspath(path) if source is None else f"{source} {os.fspath(path)}"

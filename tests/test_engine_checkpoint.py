@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import pickle
 
 import pytest
 import torch
 
 import mutualnet_video  # noqa: F401
 from mutualnet_video import checkpoint as ckpt_mod
-from mutualnet_video.checkpoint import MutualCheckpointer, load_weights
+from mutualnet_video.checkpoint import CorruptCheckpointError, MutualCheckpointer, load_weights
 from mutualnet_video.engine.stream import capture_rng_state, restore_rng_state
 from mutualnet_video.testing import create_toy_slimnet
 
@@ -82,13 +81,25 @@ class _Evil:
         return (print, ("code ran",))
 
 
-def test_load_is_weights_only(tmp_path):
+def test_load_is_weights_only(tmp_path, capsys):
     path = tmp_path / "evil.pth"
     torch.save({"model": _model().state_dict(), "payload": _Evil()}, path)
-    with pytest.raises(pickle.UnpicklingError):
+    refused = r"evil\.pth: holds more than tensors and containers .*weights_only=True refused it, no code ran"
+    with pytest.raises(CorruptCheckpointError, match=refused):
         MutualCheckpointer(_model(), str(tmp_path)).load(str(path))
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(CorruptCheckpointError, match=refused):
         load_weights(_model(), str(path), source="model.weights")
+    assert "code ran" not in capsys.readouterr().out  # the pickled print was never called
+
+
+@pytest.mark.parametrize("damage", ["truncated", "junk", "empty"])
+def test_a_damaged_checkpoint_is_named(tmp_path, damage):
+    path = tmp_path / "model_final.pth"
+    torch.save({"model": _model().state_dict()}, path)
+    data = path.read_bytes()
+    path.write_bytes({"truncated": data[: len(data) // 2], "junk": b"not a checkpoint", "empty": b""}[damage])
+    with pytest.raises(CorruptCheckpointError, match=r"model_final\.pth: not a readable checkpoint"):
+        load_weights(_model(), str(path))
 
 
 def test_strict_load_names_missing_unexpected_and_shapes(tmp_path):

@@ -260,3 +260,112 @@ def test_training_learns_the_toy_task(tmp_path):
     before = trainer.evaluate()["top1"]
     after = trainer.train()["top1"]
     assert after >= before + 30, (before, after)  # 5 classes: 20% -> 60% in 40 iterations
+
+
+# -- resume after faults ---------------------------------------------------------------------
+def _finished(tmp_path, **sections):
+    """A 6-iteration run (checkpoints at 3 and the end) and its final weights."""
+    trainer = _trainer(_cfg(tmp_path, **sections))
+    trainer.train()
+    return _state(trainer)
+
+
+def _resumed(tmp_path, **sections):
+    train = {"resume": True, **sections.pop("train", {})}
+    trainer = _trainer(_cfg(tmp_path, train=train, **sections))
+    trainer.train()
+    return trainer
+
+
+def test_resume_falls_back_past_a_truncated_newest_checkpoint(tmp_path, caplog):
+    want = _finished(tmp_path)
+    final = tmp_path / "model_final.pth"
+    final.write_bytes(final.read_bytes()[:1000])  # truncated by a crash of the disk, not of our write
+    with caplog.at_level("WARNING", logger="mutualnet_video.engine.trainer"):
+        resumed = _resumed(tmp_path)
+    assert any("model_final.pth: not a readable checkpoint" in r.getMessage() and "older" in r.getMessage()
+               for r in caplog.records), caplog.text
+    got = _state(resumed)  # iterations 4-6 again from model_0000003: the same weights
+    assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_resume_falls_back_when_last_checkpoint_names_a_missing_file(tmp_path, caplog):
+    want = _finished(tmp_path)
+    (tmp_path / "model_final.pth").unlink()
+    with caplog.at_level("WARNING", logger="mutualnet_video.engine.trainer"):
+        resumed = _resumed(tmp_path)
+    assert "model_final.pth, named by last_checkpoint, is missing" in caplog.text
+    got = _state(resumed)
+    assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_resume_with_no_loadable_checkpoint_stops_naming_them(tmp_path):
+    from mutualnet_video.checkpoint import CheckpointError
+
+    _finished(tmp_path)
+    for name in ("model_0000003.pth", "model_final.pth"):
+        (tmp_path / name).write_text("junk")
+    with pytest.raises(CheckpointError, match=r"train\.resume: no loadable checkpoint in .* \(tried "
+                                              r"model_final\.pth, model_0000003\.pth\)"):
+        _resumed(tmp_path)
+
+
+def test_resume_refuses_a_checkpoint_of_another_model_or_space(tmp_path):
+    from mutualnet_video.engine import ConfigError
+
+    _finished(tmp_path)
+    with pytest.raises(ConfigError, match=r"model_final\.pth was written for another run \(model\.channels: "
+                                          r"checkpoint 8 vs config 16\)"):
+        _resumed(tmp_path, model={"channels": 16})
+    with pytest.raises(ConfigError, match=r"space\.width_range: checkpoint \[0\.5, 1\.0\] vs config \[0\.25, 1\.0\]"):
+        _resumed(tmp_path, model={"width_range": [0.25, 1.0]})
+    resumed = _resumed(tmp_path, model={"width_range": [0.25, 1.0]}, train={"resume_check": False})
+    assert resumed.iteration == 6  # the override loads it (the same tensors: only the space differs)
+
+
+def test_a_full_disk_fails_before_training(tmp_path, monkeypatch):
+    import shutil
+
+    from mutualnet_video.engine import ConfigError
+
+    trainer = _trainer(_cfg(tmp_path))
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10, 10, 1000))
+    with pytest.raises(ConfigError, match=r"output_dir: .*: 0\.0 MiB free, a checkpoint needs about"):
+        trainer.train()
+    assert trainer.iteration == 0 and not (tmp_path / "last_checkpoint").exists()
+
+
+def test_a_checkpoint_write_failing_midway_keeps_the_previous_one(tmp_path, monkeypatch):
+    import mutualnet_video.checkpoint as ckpt_mod
+
+    real_save, calls = torch.save, {"n": 0}
+
+    def failing_second_save(obj, f, *args, **kwargs):
+        calls["n"] += 1
+        real_save(obj, f, *args, **kwargs)
+        if calls["n"] == 2:
+            f.write(b"partial")
+            raise OSError(28, "No space left on device (simulated)")
+
+    monkeypatch.setattr(ckpt_mod.torch, "save", failing_second_save)
+    trainer = _trainer(_cfg(tmp_path))
+    with pytest.raises(OSError, match="No space left"):
+        trainer.train()  # the second save is model_final (iteration 6)
+    monkeypatch.setattr(ckpt_mod.torch, "save", real_save)
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000003.pth"
+    assert not (tmp_path / "model_final.pth").exists() and not list(tmp_path.glob(".*.tmp"))
+    assert torch.load(tmp_path / "model_0000003.pth", weights_only=True)["iteration"] == 3
+
+
+def test_resume_removes_partial_files_and_metrics_of_lost_iterations(tmp_path):
+    _finished(tmp_path)
+    (tmp_path / "model_final.pth").unlink()
+    (tmp_path / "last_checkpoint").write_text("model_0000003.pth")
+    (tmp_path / ".model_final.pth.x1y2.tmp").write_bytes(b"partial")
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"iteration": 5, "train/los')  # cut by the kill
+    _resumed(tmp_path)
+    assert not list(tmp_path.glob(".*.tmp"))
+    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    train_iterations = [r["iteration"] for r in rows if "train/loss_full" in r]
+    assert train_iterations == [1, 2, 3, 4, 5, 6]  # 4-6 once each, from the resumed run

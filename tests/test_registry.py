@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import http.server
 import inspect
-import pickle
 import threading
 
 import pytest
@@ -16,6 +15,7 @@ from pytorchvideo.models.slowfast import create_slowfast
 from pytorchvideo.models.x3d import create_x3d
 from torch import nn
 
+from mutualnet_video.checkpoint import CorruptCheckpointError
 from mutualnet_video.core import dummy_input, get_space, use_config
 from mutualnet_video.models import (
     DefaultCfg,
@@ -212,7 +212,7 @@ def test_weights_are_strict_and_weights_only(tmp_path):
 
     evil = tmp_path / "evil.pth"
     torch.save({"model": _mobilenet_v1().state_dict(), "payload": Evil()}, evil)
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(CorruptCheckpointError, match="evil.pth: holds more than tensors"):
         _mobilenet_v1(weights=str(evil))
 
 

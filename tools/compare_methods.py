@@ -12,7 +12,6 @@ per trained model; prints the accuracy and training-cost tables.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import shlex
@@ -26,7 +25,8 @@ except ImportError:  # running from a source checkout without `pip install -e .`
     import mutualnet_video  # noqa: F401
 with warnings.catch_warnings():  # fvcore's import-time torch.jit deprecation notices: keep stderr for errors
     warnings.simplefilter("ignore", FutureWarning)
-    from mutualnet_video.engine import ConfigError, launch, load_config
+    from mutualnet_video.engine import launch, load_config
+    from mutualnet_video.engine.cli import ArgumentParser, run_tool
     from mutualnet_video.engine.compare import (
         BUDGETS,
         METHODS,
@@ -37,7 +37,7 @@ with warnings.catch_warnings():  # fvcore's import-time torch.jit deprecation no
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="compare_methods", description=__doc__)
     parser.add_argument("--config", required=True, help="YAML config file")
     parser.add_argument("--output", required=True, help="comparison folder")
     parser.add_argument("--seeds", type=int, default=1, help="seeds train.seed, train.seed+1, ... (default 1)")
@@ -55,23 +55,22 @@ def main(argv: list[str] | None = None) -> int:
             logging.getLogger(name).setLevel(logging.WARNING)
     command = shlex.join([os.path.basename(sys.argv[0]) if argv is None else "compare_methods.py",
                           *(sys.argv[1:] if argv is None else argv)])
-    try:
-        if args.seeds < 1:
-            raise ConfigError(f"--seeds: must be >= 1, got {args.seeds}")
+    if args.seeds < 1:
+        parser.error(f"--seeds: must be >= 1, got {args.seeds}")
+
+    def work():
         cfg = load_config(args.config, args.overrides)
         first = cfg["train"]["seed"]
         with launch(cfg):
-            result = compare_methods(
+            return compare_methods(
                 cfg, output_dir=args.output, seeds=range(first, first + args.seeds), methods=args.methods,
                 budget=args.budget, finetune_fraction=args.finetune_fraction,
                 max_iters_factor=args.max_iters_factor, command=command, config_file=args.config,
             )
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        return 2
-    except FloatingPointError as exc:
-        print(str(exc), file=sys.stderr)
-        return 1
+
+    result = run_tool("compare_methods", work, debug=args.debug)
+    if isinstance(result, int):
+        return result
     print(format_accuracy_table(result.records))
     print()
     print(format_training_table(result.training))

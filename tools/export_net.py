@@ -13,7 +13,6 @@ configuration before it is written. ``tools/query_budget.py --json`` picks a con
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -25,7 +24,9 @@ except ImportError:  # running from a source checkout without `pip install -e .`
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from mutualnet_video.engine.cli import ArgumentParser, run_tool
+
+    p = ArgumentParser(prog="export_net", description=__doc__)
     p.add_argument("--config", required=True)
     p.add_argument("--checkpoint", required=True, help="Trainer checkpoint, state dict or zoo {'model_state'}")
     p.add_argument("--width", type=float, required=True)
@@ -39,28 +40,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("opts", nargs="*", help="config overrides key.sub=value")
     args = p.parse_args(argv)
 
-    from mutualnet_video.checkpoint import CheckpointMismatchError
     from mutualnet_video.core import SubnetConfig
-    from mutualnet_video.engine.config import ConfigError, load_config
+    from mutualnet_video.engine.config import load_config
     from mutualnet_video.engine.inference import load_model
     from mutualnet_video.export import bn_fold_pairs, example_inputs, export_onnx, export_subnet, export_torchscript
 
-    try:
+    def work() -> int:
         model, space, _ = load_model(load_config(args.config, args.opts), args.checkpoint)
         cfg = space.validate(SubnetConfig(args.width, args.frames, args.crop))
-    except (ConfigError, CheckpointMismatchError, FileNotFoundError, ValueError) as e:
-        print(f"export_net: {e}", file=sys.stderr)
-        return 2
-    static = export_subnet(model, cfg, fold_bn=args.fold_bn)
-    folded = len(bn_fold_pairs(model, cfg)) if args.fold_bn else 0
-    inputs = example_inputs(model, cfg, batch=args.batch)
-    if args.format == "torchscript":
-        path = export_torchscript(static, inputs, args.output)
-    else:
-        path = export_onnx(static, inputs, args.output, opset=args.opset)
-    params = sum(p.numel() for p in static.parameters())
-    print(f"exported {cfg} ({params / 1e6:.3f} M params, BN folded: {folded}) to {path}")
-    return 0
+        static = export_subnet(model, cfg, fold_bn=args.fold_bn)
+        folded = len(bn_fold_pairs(model, cfg)) if args.fold_bn else 0
+        inputs = example_inputs(model, cfg, batch=args.batch)
+        if args.format == "torchscript":
+            path = export_torchscript(static, inputs, args.output)
+        else:
+            path = export_onnx(static, inputs, args.output, opset=args.opset)
+        params = sum(p.numel() for p in static.parameters())
+        print(f"exported {cfg} ({params / 1e6:.3f} M params, BN folded: {folded}) to {path}")
+        return 0
+
+    return run_tool("export_net", work, debug=args.debug)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ exits with status 2 and the cheapest configuration when nothing fits.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -21,21 +20,25 @@ except ImportError:  # running from a source checkout without `pip install -e .`
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from mutualnet_video.engine.cli import ArgumentParser, run_tool
+
+    p = ArgumentParser(prog="query_budget", description=__doc__)
     p.add_argument("table", help="budgets.json (or budgets.csv) written by tools/test_net.py")
     p.add_argument("--max-gflops", type=float, help="GFLOPs per video (all views)")
     p.add_argument("--max-latency-ms", type=float, help="milliseconds per video")
     p.add_argument("--metric", default="top1", choices=("top1", "top5"))
     p.add_argument("--json", action="store_true", help="print the record as JSON")
     args = p.parse_args(argv)
+    for flag, value in (("--max-gflops", args.max_gflops), ("--max-latency-ms", args.max_latency_ms)):
+        if value is not None and not value > 0:
+            p.error(f"{flag}: must be > 0, got {value:g}")
     from mutualnet_video.evaluation.budgets import select_config
 
-    try:
-        record = select_config(args.table, max_gflops=args.max_gflops, max_latency_ms=args.max_latency_ms,
-                               metric=args.metric)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"query_budget: {e}", file=sys.stderr)
-        return 2
+    record = run_tool("query_budget", lambda: select_config(args.table, max_gflops=args.max_gflops,
+                                                            max_latency_ms=args.max_latency_ms, metric=args.metric),
+                      debug=args.debug)
+    if isinstance(record, int):
+        return record
     if args.json:
         print(json.dumps(record.to_dict()))
     else:

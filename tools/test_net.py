@@ -29,7 +29,9 @@ except ImportError:  # running from a source checkout without `pip install -e .`
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from mutualnet_video.engine.cli import ArgumentParser
+
+    p = ArgumentParser(prog="test_net", description=__doc__)
     p.add_argument("--config", required=True, help="YAML config the model was trained with")
     p.add_argument("--checkpoint", required=True, help="Trainer checkpoint, state dict or zoo {'model_state'}")
     p.add_argument("--calibrate", action="store_true", help="recompute BN statistics per configuration first")
@@ -49,24 +51,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from mutualnet_video.checkpoint import CheckpointMismatchError
     from mutualnet_video.engine import launch
-    from mutualnet_video.engine.config import ConfigError, load_config
+    from mutualnet_video.engine.cli import run_tool
+    from mutualnet_video.engine.config import load_config
     from mutualnet_video.engine.inference import run_test
-    from mutualnet_video.evaluation import NotCalibratedError, format_table, pareto_front
+    from mutualnet_video.evaluation import format_table, pareto_front
 
-    try:
+    def work():
         cfg = load_config(args.config, args.opts)
         with launch(cfg):  # the same process setup as training: threads, seeds, data.synthetic
-            result = run_test(
+            return run_test(
                 cfg, checkpoint=args.checkpoint, calibrate=args.calibrate, widths=args.widths, frames=args.frames,
                 crops=args.crops, views=args.views, output_dir=args.output, device=args.device,
                 latency_repeats=args.latency, latency_threads=args.threads, max_batches=args.max_batches,
                 progress=not args.no_progress,
             )
-    except (ConfigError, NotCalibratedError, CheckpointMismatchError, FileNotFoundError, ValueError) as e:
-        print(f"test_net: {e}", file=sys.stderr)
-        return 2
+
+    result = run_tool("test_net", work, debug=args.debug)
+    if isinstance(result, int):
+        return result
     if result.calibrated_checkpoint is not None:
         print(f"calibrated checkpoint: {result.calibrated_checkpoint}")
     print(format_table(result.records))

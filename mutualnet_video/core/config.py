@@ -60,16 +60,18 @@ class SubnetConfig:
 
 
 def _as_sorted_tuple(values: Sequence[int | None], name: str) -> tuple:
+    if not isinstance(values, Sequence) or isinstance(values, str):
+        raise ValueError(f"{name}: must be a list of positive ints, got {values!r}")
     values = tuple(values)
     if not values:
-        raise ValueError(f"{name} must not be empty")
+        raise ValueError(f"{name}: must not be empty")
     if any(v is None for v in values):
         if values != (None,):
             raise ValueError(f"{name}: None (2D network) cannot be mixed with frame counts: {values}")
         return values
     for v in values:
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise ValueError(f"{name} must hold positive ints, got {v!r}")
+            raise ValueError(f"{name}: must hold positive ints, got {v!r}")
     return tuple(sorted(set(values), reverse=True))
 
 
@@ -97,26 +99,34 @@ class ConfigSpace:
     slowfast_alpha: int | None = None
 
     def __post_init__(self) -> None:
-        if len(tuple(self.width_range)) != 2:
-            raise ValueError(f"width_range must be (min, max), got {self.width_range!r}")
-        lo, hi = (validate_width(w) for w in self.width_range)
+        # every message starts with the field it is about (the config loader names the key from it)
+        if not isinstance(self.width_range, Sequence) or isinstance(self.width_range, str) or \
+                len(self.width_range) != 2:
+            raise ValueError(f"width_range: must be (min, max), got {self.width_range!r}")
+        try:
+            lo, hi = (validate_width(w) for w in self.width_range)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"width_range: {exc}") from None
         if lo > hi:
-            raise ValueError(f"width_range min {lo} is above max {hi}")
+            raise ValueError(f"width_range: min {lo:g} is above max {hi:g}")
         object.__setattr__(self, "width_range", (lo, hi))
         object.__setattr__(self, "frames", _as_sorted_tuple(self.frames, "frames"))
         object.__setattr__(self, "crops", _as_sorted_tuple(self.crops, "crops"))
         if self.crops == (None,):
-            raise ValueError("crops must hold positive ints")
-        if not isinstance(self.num_subnets, int) or self.num_subnets < 1:
-            raise ValueError(f"num_subnets must be a positive int, got {self.num_subnets!r}")
+            raise ValueError("crops: must hold positive ints")
+        if not isinstance(self.num_subnets, int) or isinstance(self.num_subnets, bool) or self.num_subnets < 1:
+            raise ValueError(f"num_subnets: must be a positive int, got {self.num_subnets!r}")
         if self.slowfast_alpha is not None and (
             not isinstance(self.slowfast_alpha, int) or self.slowfast_alpha < 1 or not self.is_video
         ):
-            raise ValueError(f"slowfast_alpha must be a positive int on a video space, got {self.slowfast_alpha!r}")
+            raise ValueError(f"slowfast_alpha: must be a positive int on a video space, got {self.slowfast_alpha!r}")
         if not self.widths:
             object.__setattr__(self, "widths", _default_widths(lo, hi))
         else:
-            widths = tuple(sorted({validate_width(w) for w in self.widths}, reverse=True))
+            try:
+                widths = tuple(sorted({validate_width(w) for w in self.widths}, reverse=True))
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"widths: {exc}") from None
             for w in widths:
                 if not lo - 1e-9 <= w <= hi + 1e-9:
                     raise ValueError(f"widths: {w} is outside width_range {self.width_range}")

@@ -246,7 +246,9 @@ SCHEMA: dict[str, Any] = {
         "cpu_threads": Key(_OPT_INT, None, _gt(0),
                            "torch.set_num_threads for this process (null: torch's default); 1 avoids "
                            "oversubscription when several processes share few cores"),
-        "resume": Key(_BOOL, False, doc="continue from output_dir/last_checkpoint if present"),
+        "resume": Key(_BOOL, False, doc="continue from the newest loadable checkpoint of output_dir if present"),
+        "resume_check": Key(_BOOL, True, doc="refuse to resume from a checkpoint of another model / configuration "
+                                             "space"),
         "keep_checkpoints": Key(_INT, 3, _gt(0), "periodic checkpoints kept (model_final is always kept)"),
         "progress": Key(_BOOL, True, doc="tqdm progress bar on rank 0"),
         "tensorboard": Key(_BOOL, True),
@@ -376,7 +378,32 @@ def instantiate(node: Mapping[str, Any], /, *, _path: str = "", **extra: Any) ->
     kwargs.update(extra)
     if node.get("_partial_", False):
         return functools.partial(fn, **kwargs)
-    return fn(**kwargs)
+    try:
+        return fn(**kwargs)
+    except ConfigError:
+        raise
+    except FileNotFoundError as exc:
+        raise ConfigFileNotFoundError(_name_the_key(_path, node, exc)) from exc
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ConfigError(_name_the_key(_path, node, exc)) from exc
+
+
+class ConfigFileNotFoundError(ConfigError, FileNotFoundError):
+    """A file a config node names does not exist (a :class:`ConfigError` and a ``FileNotFoundError``)."""
+
+
+def _name_the_key(path: str, node: Mapping[str, Any], exc: BaseException) -> str:
+    """``<path>.<key>: <problem>`` when the error of ``node``'s callable starts with one of
+    its keys (``width_range: ...``), else ``<path>: <problem>``."""
+    message = " ".join((str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)).split())
+    message = message or type(exc).__name__
+    where = path or "node"
+    for key in sorted((k for k in node if isinstance(k, str) and not k.startswith("_")), key=len, reverse=True):
+        if message.startswith(f"{key}:"):
+            return f"{where}.{key}: {message[len(key) + 1:].strip()}"
+        if message.startswith(f"{key} "):
+            return f"{where}.{key}: {message[len(key) + 1:].strip()}"
+    return f"{where}: {message}"
 
 
 def _build_value(value: Any, path: str) -> Any:

@@ -160,9 +160,9 @@ def run_test(
     ``output_dir`` defaults to ``<checkpoint folder>/budgets``. ``max_batches`` defaults
     to ``eval.max_batches``.
     """
+    specs = eval_views(cfg, views)  # a bad view spec fails before anything is loaded
     model, space, _ = load_model(cfg, checkpoint, device=device)
     configs = eval_grid(cfg, space, widths=widths, frames=frames, crops=crops)
-    specs = eval_views(cfg, views)
     saved = None
     if calibrate:
         num = cfg["eval"]["calib_batches"]

@@ -2,6 +2,7 @@
 
 ``with launch(cfg) as device: ...`` (what ``tools/train_net.py`` runs):
 
+0. rank 0 checks that ``output_dir`` can be written (``ConfigError`` before anything runs);
 1. ``train.cpu_threads``: ``torch.set_num_threads`` for this process;
 2. under ``torchrun`` (``WORLD_SIZE > 1``): joins the process group (env://; gloo on the
    CPU, nccl on CUDA) and leaves it at exit if it created it;
@@ -16,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -23,10 +25,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import resolve_target
+from .config import ConfigError, resolve_target
 from .distributed import barrier, get_rank, init_distributed, resolve_device
 
-__all__ = ["launch", "seed_everything", "make_synthetic_data"]
+__all__ = ["launch", "seed_everything", "make_synthetic_data", "check_writable"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +52,16 @@ def make_synthetic_data(cfg: Mapping[str, Any]) -> None:
     resolve_target(target, path="data.synthetic._target_")(node["root"], **kwargs)
 
 
+def check_writable(path: str, *, key: str) -> None:
+    """Create ``path`` if needed and write a file in it; ``ConfigError`` naming ``key`` if that fails."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write_test."):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{key}: {path}: not writable ({exc.strerror or exc})") from None
+
+
 @contextmanager
 def launch(cfg: Mapping[str, Any]) -> Iterator[torch.device]:
     """Set this process up for ``cfg`` (see the module doc); yields the training device."""
@@ -59,6 +71,8 @@ def launch(cfg: Mapping[str, Any]) -> Iterator[torch.device]:
     device = resolve_device(tcfg["device"])
     owns_group = init_distributed(device)
     try:
+        if get_rank() == 0:
+            check_writable(cfg["output_dir"], key="output_dir")
         seed_everything(tcfg["seed"])
         if cfg["data"].get("synthetic"):
             if get_rank() == 0:

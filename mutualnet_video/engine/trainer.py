@@ -28,10 +28,13 @@ remaining batches on other workers after a mid-epoch resume, so its augmentation
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import logging
 import os
+import re
+import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
@@ -42,13 +45,14 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..checkpoint import MutualCheckpointer
+from ..checkpoint import CheckpointError, CorruptCheckpointError, MutualCheckpointer, load_checkpoint_file
 from ..core import SubnetConfig, get_space, use_config
 from ..evaluation import BudgetRecord, calibrate_bn, evaluate_configs, format_table
 from ..io import atomic_write_text
 from .config import ConfigError, build_dataset, build_model, dump_config, instantiate
 from .distributed import all_reduce_sum, convert_sync_bn, get_rank, get_world_size, resolve_device
 from .hooks import HookBase, MetricsLogger, NanGuard, PeriodicCheckpointer, PeriodicValidation
+from .launch import check_writable
 from .metrics import MetricsWriter
 from .mutual import SandwichSampler, SingleSampler, mutual_step
 from .optim import build_lr_scheduler, build_optimizer
@@ -286,14 +290,40 @@ class Trainer(TrainerBase):
 
     # -- checkpoints ------------------------------------------------------------------------
     def resume_or_load(self) -> bool:
-        """Continue from ``output_dir/last_checkpoint`` if ``train.resume``; True if resumed."""
-        if not self.cfg["train"]["resume"] or not self.checkpointer.has_checkpoint():
-            if self.cfg["train"]["resume"]:
-                logger.info("train.resume: no checkpoint in %s, starting from scratch", self.output_dir)
+        """Continue from the newest loadable checkpoint of ``output_dir`` if ``train.resume``;
+        True if resumed.
+
+        Candidates, newest first: the file ``last_checkpoint`` names, ``model_final.pth``, then
+        ``model_<iteration>.pth`` by iteration. A missing, truncated or unreadable one is
+        skipped with a warning naming it; none left: :class:`CheckpointError`. A checkpoint
+        written for another model or configuration space is refused, naming what differs
+        (:class:`ConfigError`), unless ``train.resume_check`` is false.
+        """
+        if not self.cfg["train"]["resume"]:
             return False
-        path = self.checkpointer.get_checkpoint_file()
+        candidates, tagged = _resume_candidates(self.output_dir)
+        if not candidates:
+            logger.info("train.resume: no checkpoint in %s, starting from scratch", self.output_dir)
+            return False
+        for path in candidates:
+            try:
+                payload = load_checkpoint_file(path)
+                if not isinstance(payload, dict) or "model" not in payload or "iteration" not in payload:
+                    raise CorruptCheckpointError(f"{path}: not a Trainer checkpoint (no model / iteration entry)")
+            except (FileNotFoundError, CorruptCheckpointError) as exc:
+                why = f"{path}, named by last_checkpoint, is missing" if path == tagged and not os.path.exists(path) \
+                    else str(exc)
+                logger.warning("train.resume: %s; trying the next older checkpoint", why)
+                continue
+            self._check_same_run(path, payload.get("run"))
+            break
+        else:
+            raise CheckpointError(f"train.resume: no loadable checkpoint in {self.output_dir} (tried "
+                                  f"{', '.join(os.path.basename(p) for p in candidates)})")
         extra = self.checkpointer.load(path)
         self.iteration = int(extra["iteration"])
+        if self.is_main:
+            self._forget_after(self.iteration)
         data = extra.get("data", {"epoch": 0, "batch_in_epoch": 0})
         self.stream.epoch, self.stream.batch_in_epoch = int(data["epoch"]), int(data["batch_in_epoch"])
         self.stream.epoch_rng = data.get("epoch_rng")
@@ -302,8 +332,63 @@ class Trainer(TrainerBase):
             logger.info("resumed from %s at iteration %d", path, self.iteration)
         return True
 
+    def _forget_after(self, iteration: int) -> None:
+        """After a resume at ``iteration``: remove the partial files an interrupted write left
+        (``.<name>.*.tmp``) and the ``metrics.jsonl`` rows of the iterations that will run
+        again (and a last line cut by the kill), so each iteration is logged once."""
+        stale = [f for f in os.listdir(self.output_dir) if f.startswith(".") and f.endswith(".tmp")]
+        for name in stale:
+            os.remove(os.path.join(self.output_dir, name))
+        if stale:
+            logger.info("train.resume: removed %d partial file(s) of an interrupted write: %s", len(stale),
+                        ", ".join(stale))
+        metrics = self.writer.path
+        if not os.path.isfile(metrics):
+            return
+        with open(metrics, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+        kept = []
+        for line in lines:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # cut by the kill
+            if isinstance(row, dict) and row.get("iteration", 0) <= iteration:
+                kept.append(line)
+        if len(kept) != len(lines):
+            atomic_write_text(metrics, "".join(f"{line}\n" for line in kept))
+
+    def run_identity(self) -> dict[str, Any]:
+        """What a checkpoint of this run records of it and a resume must match: the ``model``
+        node (without ``weights``) and the configuration space."""
+        model = {k: v for k, v in self.cfg["model"].items() if k != "weights"}
+        space = None if self.space is None else dataclasses.asdict(self.space)
+        return json.loads(json.dumps({"model": model, "space": space}, default=str))
+
+    def _check_same_run(self, path: str, saved: Any) -> None:
+        if saved is None or not self.cfg["train"]["resume_check"]:
+            return
+        differences = _differences(saved, self.run_identity())
+        if differences:
+            shown = "; ".join(differences[:5]) + (f"; ... ({len(differences)} in all)" if len(differences) > 5 else "")
+            raise ConfigError(f"train.resume: {path} was written for another run ({shown}); use another output_dir, "
+                              "or set train.resume_check=false to load it anyway")
+
     def save_checkpoint(self, name: str) -> None:
-        self.checkpointer.save(name, iteration=self.iteration, data=self.stream.state(), rng=capture_rng_state())
+        self.checkpointer.save(name, iteration=self.iteration, data=self.stream.state(), rng=capture_rng_state(),
+                               run=self.run_identity())
+
+    def check_output_dir(self) -> None:
+        """Fail before training if ``output_dir`` cannot be written or has no room for a checkpoint."""
+        if not self.is_main:
+            return
+        path = self.output_dir
+        check_writable(path, key="output_dir")
+        need = 3 * sum(t.numel() * t.element_size() for t in self.model.state_dict().values()) + (1 << 20)
+        free = shutil.disk_usage(path).free
+        if free < need:
+            raise ConfigError(f"output_dir: {path}: {free / 2**20:.1f} MiB free, a checkpoint needs about "
+                              f"{need / 2**20:.1f} MiB")
 
     # -- training ---------------------------------------------------------------------------
     def train(self) -> dict[str, Any]:
@@ -313,9 +398,9 @@ class Trainer(TrainerBase):
         Raises ``FloatingPointError`` on a NaN/inf loss, after logging it; no checkpoint is
         written then, so ``last_checkpoint`` still names the last good one.
         """
+        self.check_output_dir()
         self.resume_or_load()
         if self.is_main:
-            os.makedirs(self.output_dir, exist_ok=True)
             atomic_write_text(os.path.join(self.output_dir, "config.yaml"), dump_config(self.cfg))
         self.stream.seek(self.stream.epoch, self.stream.batch_in_epoch, epoch_rng=self.stream.epoch_rng)
         if self._rng_to_restore is not None:  # after re-positioning the data, as in the uninterrupted run
@@ -375,6 +460,35 @@ class Trainer(TrainerBase):
     def final_evaluation(self, *, configs: Sequence[SubnetConfig] | None = None) -> list[dict[str, Any]]:
         """Calibrate BN and evaluate a few configurations (see :func:`final_evaluation`)."""
         return final_evaluation(self, configs=configs)
+
+
+def _resume_candidates(output_dir: str) -> tuple[list[str], str | None]:
+    """The checkpoints a resume tries, newest first, and the path ``last_checkpoint`` names."""
+    if not os.path.isdir(output_dir):
+        return [], None
+    tagged = None
+    tag = os.path.join(output_dir, "last_checkpoint")
+    if os.path.isfile(tag):
+        with open(tag, encoding="utf-8") as f:
+            name = f.read().strip()
+        tagged = os.path.join(output_dir, name) if name else None
+    periodic = sorted((f for f in os.listdir(output_dir) if re.fullmatch(r"model_\d+\.pth", f)), reverse=True)
+    names = (["model_final.pth"] if os.path.isfile(os.path.join(output_dir, "model_final.pth")) else []) + periodic
+    candidates = [tagged] if tagged else []
+    candidates += [p for p in (os.path.join(output_dir, n) for n in names) if p not in candidates]
+    return candidates, tagged
+
+
+def _differences(saved: Any, current: Any, prefix: str = "") -> list[str]:
+    """``key: checkpoint X vs config Y`` for every leaf where two JSON trees differ."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        out = []
+        for key in sorted(set(saved) | set(current), key=str):
+            out += _differences(saved.get(key), current.get(key), f"{prefix}{key}.")
+        return out
+    if saved != current:
+        return [f"{prefix.rstrip('.')}: checkpoint {saved!r} vs config {current!r}"]
+    return []
 
 
 def _max_iters(cfg: Mapping[str, Any], stream: BatchStream) -> int:

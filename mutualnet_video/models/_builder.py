@@ -47,11 +47,14 @@ def make_space(
     widths: Sequence[float],
     slowfast_alpha: int | None = None,
 ) -> ConfigSpace:
-    frames = (frames,) if isinstance(frames, int) else tuple(frames)
-    crops = (crops,) if isinstance(crops, int) else tuple(crops)
+    def as_tuple(value: Any) -> Any:  # anything else reaches ConfigSpace, whose error names the field
+        return tuple(value) if isinstance(value, Sequence) and not isinstance(value, str) else value
+
+    frames = (frames,) if isinstance(frames, int) else as_tuple(frames)
+    crops = (crops,) if isinstance(crops, int) else as_tuple(crops)
     return ConfigSpace(
-        width_range=tuple(width_range), frames=frames, crops=crops, num_subnets=num_subnets,
-        widths=tuple(widths), slowfast_alpha=slowfast_alpha,
+        width_range=as_tuple(width_range), frames=frames, crops=crops, num_subnets=num_subnets,
+        widths=as_tuple(widths), slowfast_alpha=slowfast_alpha,
     )
 
 

@@ -14,13 +14,12 @@ task's score of each on ``data.val`` (the final table for classification).
 
 from __future__ import annotations
 
-import argparse
-import sys
 from collections.abc import Sequence
 from typing import Any
 
 from ..core import SubnetConfig
 from ..engine import ConfigError, FinalEvaluation, HookBase, Trainer, launch, load_config
+from ..engine.cli import ArgumentParser, run_tool
 
 __all__ = ["run_project", "PrintLossTerms"]
 
@@ -47,23 +46,27 @@ def run_project(argv: Sequence[str] | None = None, *, description: str = "") -> 
     """Parse ``--config FILE [--resume] [key=value ...]``, train, calibrate and score.
 
     Returns ``{"history": [report per iteration], "final": the final evaluation's rows}``.
-    A bad config prints one line (``train_net: <key>: <problem>``) and exits with status 2.
+    Bad input prints one line (``train_net: <key>: <problem>``) and exits with status 2
+    (``--debug``: the traceback instead).
     """
-    parser = argparse.ArgumentParser(description=description.strip().splitlines()[0] if description else None)
+    parser = ArgumentParser(prog="train_net", description=description.strip().splitlines()[0] if description else None)
     parser.add_argument("--config", required=True)
     parser.add_argument("--resume", action="store_true", help="continue from output_dir/last_checkpoint")
     parser.add_argument("overrides", nargs="*", help="key.sub=value, e.g. optim.max_iters=2")
     args = parser.parse_args(argv)
-    try:
+    printer = PrintLossTerms()
+
+    def work() -> dict[str, Any]:
         cfg = load_config(args.config, list(args.overrides) + (["train.resume=true"] if args.resume else []))
-    except ConfigError as exc:
-        print(f"train_net: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-    with launch(cfg):
-        trainer = Trainer(cfg)
-        if trainer.space is None:
-            raise ConfigError(f"model._target_: {cfg['model']['_target_']} built a model without a ConfigSpace")
-        printer = PrintLossTerms()
-        trainer.register_hooks([printer, FinalEvaluation(configs=trainer.space.grid())])
-        trainer.train()
-    return {"history": printer.history, "final": trainer.final_rows}
+        with launch(cfg):
+            trainer = Trainer(cfg)
+            if trainer.space is None:
+                raise ConfigError(f"model._target_: {cfg['model']['_target_']} built a model without a ConfigSpace")
+            trainer.register_hooks([printer, FinalEvaluation(configs=trainer.space.grid())])
+            trainer.train()
+        return {"history": printer.history, "final": trainer.final_rows}
+
+    result = run_tool("train_net", work, debug=args.debug)
+    if isinstance(result, int):
+        raise SystemExit(result)
+    return result
