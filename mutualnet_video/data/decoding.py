@@ -7,7 +7,23 @@ same packets but convert only the ``T`` frames that the subsample keeps (the sam
 indices, ``linspace(0, n - 1, T)``), so ``get_clip`` returns exactly
 ``uniform_temporal_subsample(stock_get_clip(start, end), T)`` at a fraction of the cost.
 Decoding errors raise (PyTorchVideo's pyav decoder logs them at debug level and returns
-``None``), so the dataset can count and name them.
+``None``), so the dataset can count and name them: :func:`open_video` raises
+:class:`VideoReadError` with a ``reason`` out of :data:`FAILURE_REASONS` for a file that is
+missing, empty, not a readable container or without a video stream; ``get_clip`` lets the
+decoder's error through (a frame that fails mid-file).
+
+What odd videos get (pyav): frames of any pixel format (grayscale, 10-bit, 4:4:4, full or
+limited range as the stream flags it) are converted to 8-bit RGB, so a clip always has 3
+channels. A video whose stream header has no duration (Matroska/WebM) takes the
+container's duration and is decoded selectively like an mp4 (PyTorchVideo decodes all
+of it at open and drops its last frame). Frames are picked by index among those whose
+timestamps fall in the clip window, so a variable frame rate keeps its frames' order.
+
+Fork safety: a decoder alive in the main process when DataLoader workers fork, and freed
+in a worker, hangs that worker if it runs threads (FFmpeg joins threads the fork does not
+have). ``SubsampledPyAV`` decodes on one thread, so it has none; decord always runs a
+decoding thread (a decord reader freed in a forked worker crashes or hangs it): close and
+drop decord readers before a DataLoader starts its workers (the datasets do, after each video).
 """
 
 from __future__ import annotations
@@ -17,7 +33,9 @@ import io
 import math
 import os
 import pathlib
+from fractions import Fraction
 
+import av
 import numpy as np
 import torch
 from iopath.common.file_io import g_pathmgr
@@ -27,7 +45,29 @@ from pytorchvideo.data.video import Video, VideoPathHandler
 
 from ..core import subsample_frames
 
-__all__ = ["SubsampledPyAV", "subsampled_decord_class", "open_video", "keep_indices"]
+__all__ = ["FAILURE_REASONS", "VideoReadError", "SubsampledPyAV", "subsampled_decord_class", "open_video",
+           "keep_indices"]
+
+#: Why a video was skipped (the keys of ``VideoDataset.stats["failed_by_reason"]``):
+#: ``missing`` (no such file), ``empty_file`` (zero bytes), ``unreadable`` (not a container
+#: the decoder can open: a text file, a truncated header), ``no_video_stream`` (e.g. audio
+#: only), ``decode_error`` (the decoder failed on frames of the clip: corrupt data
+#: mid-file), ``no_frames`` (the clip window holds no decodable frame).
+FAILURE_REASONS: tuple[str, ...] = ("missing", "empty_file", "unreadable", "no_video_stream", "decode_error",
+                                    "no_frames")
+
+
+class VideoReadError(RuntimeError):
+    """A video that cannot be read; ``reason`` is one of :data:`FAILURE_REASONS`."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        if reason not in FAILURE_REASONS:
+            raise ValueError(f"unknown failure reason {reason!r}; choose one of {FAILURE_REASONS}")
+        super().__init__(message)
+        self.reason = reason
+
+    def __reduce__(self):  # picklable with its reason (DataLoader workers)
+        return type(self), (self.reason, str(self))
 
 
 def keep_indices(total: int, num_frames: int) -> list[int]:
@@ -45,8 +85,38 @@ class SubsampledPyAV(EncodedVideoPyAV):
     """``EncodedVideoPyAV`` whose ``get_clip`` returns ``num_frames`` uniformly picked frames."""
 
     def __init__(self, file, video_name: str | None = None, *, num_frames: int) -> None:
-        super().__init__(file, video_name, decode_audio=False)
+        # EncodedVideoPyAV.__init__, with errors that say why, and the container's duration
+        # when the stream header has none (instead of decoding every frame at open).
+        self._video_name, self._decode_audio, self._has_audio = video_name, False, None
+        self._video = self._audio = None
         self.num_frames = num_frames
+        try:
+            self._container = av.open(file)
+        except Exception as e:
+            raise VideoReadError("unreadable", f"cannot open {video_name} as a video container: {e}") from e
+        if not self._container.streams.video:
+            kinds = sorted({s.type for s in self._container.streams}) or ["no streams"]
+            self._container.close()
+            raise VideoReadError("no_video_stream", f"{video_name} has no video stream ({', '.join(kinds)})")
+        stream = self._container.streams.video[0]
+        # One decoding thread: FFmpeg's default slice threads gain nothing on single-slice
+        # H.264, and a codec context with threads made in the main process hangs a forked
+        # DataLoader worker that frees its inherited copy (it joins threads the fork lacks).
+        stream.codec_context.thread_count = 1
+        self._video_time_base = stream.time_base
+        self._video_start_pts = stream.start_time or 0
+        self._selective_decoding = True
+        if stream.duration is not None:
+            self._duration = (stream.duration - self._video_start_pts) * self._video_time_base
+        elif self._container.duration is not None:
+            self._duration = Fraction(self._container.duration, av.time_base)
+        else:  # no duration anywhere: PyTorchVideo's path (decode everything now)
+            self._selective_decoding = False
+            self._video, _ = self._pyav_decode_video()
+            if self._video is None:
+                self._container.close()
+                raise VideoReadError("decode_error", f"no frame of {video_name} could be decoded")
+            self._duration = (self._video[-1][1] - self._video_start_pts) * self._video_time_base
 
     def get_clip(self, start_sec: float, end_sec: float) -> dict[str, torch.Tensor | None]:
         if not self._selective_decoding:  # no duration in the header: decoded whole at open
@@ -104,20 +174,50 @@ def open_video(path: str, *, decoder: str = "pyav", num_frames: int | None = Non
 
     With ``num_frames``, an encoded video's ``get_clip`` returns that many frames picked
     uniformly over the clip (see the module docstring); otherwise PyTorchVideo's classes.
+
+    Raises :class:`VideoReadError` (``missing``, ``empty_file``, ``unreadable``,
+    ``no_video_stream``) for a video that cannot be opened; ValueError for an unknown decoder.
     """
+    if decoder not in ("pyav", "decord"):
+        raise ValueError(f"unknown video decoder {decoder!r}")
+    if not os.path.exists(path):
+        raise VideoReadError("missing", f"{path} does not exist")
     if num_frames is None or os.path.isdir(path):
-        video = VideoPathHandler().video_from_path(path, decode_audio=False, decoder=decoder)
+        try:
+            video = VideoPathHandler().video_from_path(path, decode_audio=False, decoder=decoder)
+        except Exception as e:
+            raise VideoReadError(_open_failure(path), f"cannot open {path}: {e}") from e
         if num_frames is not None:
             return _SubsampleWrapper(video, num_frames)
         return video
-    with g_pathmgr.open(path, "rb") as fh:
-        data = io.BytesIO(fh.read())
+    try:
+        with g_pathmgr.open(path, "rb") as fh:
+            data = fh.read()
+    except FileNotFoundError as e:  # deleted since the check above
+        raise VideoReadError("missing", f"{path} does not exist") from e
+    except OSError as e:
+        raise VideoReadError("unreadable", f"cannot read {path}: {e}") from e
+    if not data:
+        raise VideoReadError("empty_file", f"{path} is empty (0 bytes)")
     name = pathlib.Path(path).name
     if decoder == "pyav":
-        return SubsampledPyAV(data, name, num_frames=num_frames)
-    if decoder == "decord":
-        return subsampled_decord_class()(data, name, num_frames=num_frames)
-    raise ValueError(f"unknown video decoder {decoder!r}")
+        return SubsampledPyAV(io.BytesIO(data), name, num_frames=num_frames)
+    try:
+        return subsampled_decord_class()(io.BytesIO(data), name, num_frames=num_frames)
+    except Exception as e:
+        raise VideoReadError(_open_failure(data), f"decord cannot open {path}: {e}") from e
+
+
+def _open_failure(source: str | bytes) -> str:
+    """``no_video_stream`` if PyAV opens ``source`` (a path or the file's bytes) and finds no
+    video stream in it, ``empty_file`` for zero bytes, else ``unreadable``."""
+    if isinstance(source, str) and os.path.isfile(source) and os.path.getsize(source) == 0:
+        return "empty_file"
+    try:
+        with av.open(io.BytesIO(source) if isinstance(source, bytes) else source) as container:
+            return "no_video_stream" if not container.streams.video else "unreadable"
+    except Exception:
+        return "unreadable"
 
 
 class _SubsampleWrapper(Video):

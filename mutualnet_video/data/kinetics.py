@@ -12,11 +12,27 @@ configuration; every smaller configuration is built from it on the device by the
 training's ``SandwichSampler`` (one decode per clip).
 
 It is PyTorchVideo's ``LabeledVideoDataset`` with three fixes (REFERENCE section 3):
-decode failures are counted in ``dataset.stats`` and named once in the log instead of
-being logged at debug level and dropped (an epoch in which nothing decodes raises,
-naming the data path); the multi-view clip sampler reaches the end of each video; and
-videos are sharded over ranks as well as DataLoader workers, without padding or
-duplicates. A malformed CSV raises before any decoding, naming file and line.
+decode failures are counted in ``dataset.stats`` by reason and named once in the log
+instead of being logged at debug level and dropped (a pass in which more than
+``max_failed_fraction`` of the videos fail, or all of them, raises :class:`DataLoadError`
+in one line); the multi-view clip sampler reaches the end of each video; and videos are
+sharded over ranks as well as DataLoader workers, without padding or duplicates. A
+malformed CSV raises before any decoding, naming file and line.
+
+Videos as they come (pyav decoder; the tests write each kind):
+
+* shorter than the clip (or than ``T_full`` frames): the clip holds the frames there are,
+  and the frame subsample repeats them up to ``T_full`` (indices
+  ``linspace(0, n - 1, T_full)`` truncated: 3 frames give frames 0, 0, 1, 2 for 4);
+* smaller than the crop: upscaled by the short-side resize before the crop (bilinear);
+* grayscale (4:0:0 H.264, gray FFV1), 10-bit, 4:4:4: converted to 8-bit RGB, 3 channels;
+* variable frame rate: the frames whose timestamps fall in the clip, subsampled by index;
+* WebM/VP9, Matroska: decoded as mp4 (duration from the container);
+* skipped, counted and named with a reason of :data:`FAILURE_REASONS`: a listed file
+  deleted since (``missing``), a zero-byte file (``empty_file``), a file that is not a
+  video container (``unreadable``), audio only (``no_video_stream``), frames that fail
+  to decode in the clip (``decode_error``: corrupt data mid-file), a clip window without
+  frames (``no_frames``). A video is skipped whole at its first failing clip.
 """
 
 from __future__ import annotations
@@ -39,11 +55,13 @@ from pytorchvideo.transforms.functional import short_side_scale, uniform_crop, u
 
 from ..core import ConfigSpace
 from ..core.inputs import KINETICS_MEAN, KINETICS_STD
-from .decoding import open_video
+from .decoding import FAILURE_REASONS, VideoReadError, open_video
 from .sampling import ConstantClipsPerVideoSampler, FullVideoClipSampler, ShardedVideoSampler
 
 __all__ = [
     "DECODERS",
+    "FAILURE_REASONS",
+    "DataLoadError",
     "VIDEO_EXTENSIONS",
     "resolve_decoder",
     "read_video_list",
@@ -61,6 +79,25 @@ logger = logging.getLogger(__name__)
 DECODERS: dict[str, str] = {"pyav": "av", "decord": "decord"}
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov")
 SPLITS = ("train", "val", "test")
+DEFAULT_MAX_FAILED_FRACTION = 0.1
+_REASON_CODE = {reason: code for code, reason in enumerate(FAILURE_REASONS, start=1)}  # 0: no failure
+_MAX_WORKERS = 128  # DataLoader workers per rank for which a pass is checked as a whole
+
+
+class DataLoadError(RuntimeError):
+    """Too many videos of a pass failed (or all of them): one line with the counts by reason.
+
+    Raised in a DataLoader worker, the DataLoader re-raises it in the main process with
+    the worker's traceback in the message; the message keeps only the original line.
+    """
+
+    def __init__(self, message: str = "") -> None:
+        if "\nOriginal Traceback" in message:  # torch.utils.data ExceptionWrapper.reraise
+            last = message.rstrip().splitlines()[-1]
+            _, sep, original = last.partition(f"{type(self).__name__}: ")
+            if sep:
+                message = original
+        super().__init__(message)
 
 
 def resolve_decoder(decoder: str) -> str:
@@ -213,12 +250,18 @@ class VideoDataset(LabeledVideoDataset):
     shard (split again over DataLoader workers). With ``num_frames``, videos are opened
     with ``open_video(..., num_frames=...)``: a decoded clip holds only the frames the
     transform keeps (the same frames, converted once). A video that cannot be opened or
-    decoded is skipped, counted in ``stats`` and named once in the log (warning). If a
-    pass over a non-empty shard yields nothing (in the main process; ``VideoLoader``
-    checks the multi-worker case), it raises RuntimeError naming the data path.
+    decoded is skipped, counted in ``stats`` under its reason (:data:`FAILURE_REASONS`)
+    and named once in the log (warning); no error of a video reaches the DataLoader.
+
+    A pass (one iteration over this rank's shard, by all its DataLoader workers together)
+    raises :class:`DataLoadError` at its end if every video failed, or if more than
+    ``max_failed_fraction`` of them failed (``None``: only the first check), naming the
+    data path and the counts by reason. With DataLoader workers the worker that completes
+    the pass checks it (for up to 128 workers per rank); an interrupted pass is not checked.
 
     The counters live in shared memory, so ``stats`` in the main process includes
-    what DataLoader workers did.
+    what DataLoader workers did (see :attr:`stats`, :meth:`reset_stats`,
+    :meth:`reduced_stats`).
 
     ``cache_mb > 0`` keeps decoded clips (the frames the transform keeps, before the
     transform) in memory, keyed by video and clip interval, up to that many MB: a video
@@ -230,16 +273,29 @@ class VideoDataset(LabeledVideoDataset):
     def __init__(self, labeled_videos: Sequence[tuple[str, int]], *, clip_sampler: ClipSampler,
                  transform: Callable[[dict], dict] | None, decoder: str = "pyav", rank: int = 0,
                  world_size: int = 1, shuffle: bool = False, seed: int = 0, clips_per_video: int = 1,
-                 data_path: str = "", num_frames: int | None = None, cache_mb: int = 0) -> None:
+                 data_path: str = "", num_frames: int | None = None, cache_mb: int = 0,
+                 max_failed_fraction: float | None = DEFAULT_MAX_FAILED_FRACTION) -> None:
         paths = LabeledVideoPaths(list(labeled_videos))
         sampler = partial(ShardedVideoSampler, rank=rank, world_size=world_size, shuffle=shuffle, seed=seed)
         super().__init__(paths, clip_sampler, sampler, transform, decode_audio=False, decoder=decoder)
         self.data_path = data_path
         self.clips_per_video = clips_per_video
         self.num_frames = num_frames
+        self.rank, self.world_size = rank, world_size
+        self.max_failed_fraction = _check_fraction(max_failed_fraction)
         n = len(paths)
+        # Per video, in shared memory (each video is read by one worker of a pass at a time).
+        # Monotonic counts: stats are differences from a baseline (reset_stats).
         self._clips_decoded = torch.zeros(n, dtype=torch.int64).share_memory_()
-        self._failed = torch.zeros(n, dtype=torch.bool).share_memory_()
+        self._failures = torch.zeros(n, dtype=torch.int64).share_memory_()  # passes in which it failed
+        self._reason = torch.zeros(n, dtype=torch.int8).share_memory_()  # of its latest failure
+        self._result = torch.zeros(n, dtype=torch.int8).share_memory_()  # of its latest attempt (0: decoded)
+        self._stamp = torch.full((n,), -1, dtype=torch.int64).share_memory_()  # pass of its latest attempt
+        self._warned = torch.zeros(n, dtype=torch.bool).share_memory_()
+        # Passes started by worker w of a DataLoader with W workers (W = 0: the main process).
+        self._passes = torch.zeros(_MAX_WORKERS + 1, _MAX_WORKERS, dtype=torch.int64).share_memory_()
+        self._base_clips = torch.zeros(n, dtype=torch.int64)
+        self._base_failures = torch.zeros(n, dtype=torch.int64)
         self._iterator: Iterator[dict] | None = None
         if not isinstance(cache_mb, int) or cache_mb < 0:
             raise ValueError(f"cache_mb must be a non-negative int, got {cache_mb!r}")
@@ -249,19 +305,67 @@ class VideoDataset(LabeledVideoDataset):
     # --- bookkeeping -------------------------------------------------------------------
     @property
     def stats(self) -> dict[str, Any]:
-        """``{"videos", "decoded" (clips), "decoded_videos", "failed" (videos), "failed_paths"}``."""
-        failed = self._failed.nonzero().flatten().tolist()
+        """What this rank decoded and skipped since it was built or :meth:`reset_stats`,
+        summed over its DataLoader workers (read it in the main process)::
+
+            {"videos": int,             # listed videos (all ranks)
+             "decoded": int,            # clips decoded (views of a clip share one decode)
+             "decoded_videos": int,     # videos with at least one decoded clip
+             "failed": int,             # videos skipped at least once
+             "failed_by_reason": {reason: int for reason in FAILURE_REASONS},  # sums to "failed"
+             "failed_paths": [str],     # the skipped videos, in list order
+             "failure_reasons": {path: reason}}
+
+        Cumulative: a video decoded in two passes counts twice in ``decoded``, a video
+        skipped in two passes once in ``failed`` (under the reason of its latest failure).
+        For per-epoch counts read ``stats`` then call :meth:`reset_stats` at each epoch
+        boundary (each video is read once per pass, so ``failed`` is then the videos
+        skipped in that epoch).
+        """
+        clips = self._clips_decoded - self._base_clips
+        failed = ((self._failures - self._base_failures) > 0).nonzero().flatten().tolist()
+        reasons = [FAILURE_REASONS[int(self._reason[i]) - 1] for i in failed]
+        paths = [self._labeled_videos[i][0] for i in failed]
         return {
             "videos": len(self._labeled_videos),
-            "decoded": int(self._clips_decoded.sum()),
-            "decoded_videos": int((self._clips_decoded > 0).sum()),
+            "decoded": int(clips.sum()),
+            "decoded_videos": int((clips > 0).sum()),
             "failed": len(failed),
-            "failed_paths": [self._labeled_videos[i][0] for i in failed],
+            "failed_by_reason": {reason: reasons.count(reason) for reason in FAILURE_REASONS},
+            "failed_paths": paths,
+            "failure_reasons": dict(zip(paths, reasons)),
         }
 
     def reset_stats(self) -> None:
-        self._clips_decoded.zero_()
-        self._failed.zero_()
+        """Start :attr:`stats` from zero (in the main process; workers keep counting, and a
+        skipped video is still named in the log only once)."""
+        self._base_clips = self._clips_decoded.clone()
+        self._base_failures = self._failures.clone()
+
+    def reduced_stats(self, device: torch.device | str | None = None) -> dict[str, Any]:
+        """The counts of :attr:`stats` summed over the ranks of the default process group
+        (``torch.distributed`` initialized; else this rank's counts): ``{"videos",
+        "decoded", "decoded_videos", "failed", "failed_by_reason"}``, no paths.
+
+        A collective: every rank must call it. ``device`` holds the reduced tensor (default:
+        the current CUDA device for nccl, else the CPU).
+        """
+        stats = self.stats
+        counts = {key: stats[key] for key in ("videos", "decoded", "decoded_videos", "failed")}
+        by_reason = dict(stats["failed_by_reason"])
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            if device is None:
+                nccl = dist.get_backend() == "nccl"
+                device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
+            keys = ["decoded", "decoded_videos", "failed"]
+            values = torch.tensor([counts[k] for k in keys] + list(by_reason.values()), dtype=torch.int64,
+                                  device=device)
+            dist.all_reduce(values)
+            values = values.tolist()
+            counts.update(zip(keys, values[:len(keys)]))
+            by_reason = dict(zip(by_reason, values[len(keys):]))
+        return {**counts, "failed_by_reason": by_reason}
 
     def set_epoch(self, epoch: int) -> None:
         """Reshuffle (train) for ``epoch``; reaches running workers (shared memory)."""
@@ -270,10 +374,49 @@ class VideoDataset(LabeledVideoDataset):
     def video_path(self, video_index: int) -> str:
         return self._labeled_videos[video_index][0]
 
-    def _fail(self, video_index: int, path: str, error: BaseException) -> None:
-        if not bool(self._failed[video_index]):
-            logger.warning("skipping video %s: %s: %s", path, type(error).__name__, error)
-        self._failed[video_index] = True
+    def _record(self, video_index: int, path: str, failure: tuple[str, BaseException] | None,
+                token: int | None) -> None:
+        """Note the outcome of one attempt at a video (after its last clip)."""
+        code = 0
+        if failure is not None:
+            reason, error = failure
+            code = _REASON_CODE[reason]
+            self._reason[video_index] = code
+            self._failures[video_index] += 1
+            if not bool(self._warned[video_index]):
+                logger.warning("skipping video %s: %s: %s: %s", path, reason, type(error).__name__, error)
+                self._warned[video_index] = True
+        self._result[video_index] = code
+        if token is not None:
+            self._stamp[video_index] = token  # written last: the result is in place when seen
+
+    def _pass_token(self) -> int | None:
+        """A number the workers of one DataLoader pass share and no other pass has."""
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (0, 0) if info is None else (info.id, info.num_workers)
+        if workers > _MAX_WORKERS:
+            return None
+        self._passes[workers, worker] += 1  # only this worker writes its slot
+        return int(self._passes[workers, worker]) * (_MAX_WORKERS + 1) + workers
+
+    def _check_pass(self, results: torch.Tensor, last_error: tuple[str, BaseException] | None) -> None:
+        """Raise DataLoadError if every video of a pass failed or more than the allowed fraction."""
+        total, failed = results.numel(), int((results > 0).sum())
+        if not failed:
+            return
+        counts = ", ".join(f"{reason} {int((results == code).sum())}" for reason, code in _REASON_CODE.items()
+                           if bool((results == code).any()))
+        where = self.data_path or "the dataset"
+        if self.world_size > 1:
+            where += f" (rank {self.rank})"
+        if failed == total:
+            detail = f"; last error on {last_error[0]}: {' '.join(str(last_error[1]).split())}" if last_error else ""
+            raise DataLoadError(f"no clip could be decoded from {where}: all {total} videos tried failed "
+                                f"({counts}; decoder {self._decoder!r}){detail}")
+        limit = self.max_failed_fraction
+        if limit is not None and failed > limit * total:
+            raise DataLoadError(f"{where}: {failed} of {total} videos failed ({counts}), "
+                                f"above max_failed_fraction {limit}")
 
     def __len__(self) -> int:
         """Clips (views) this rank yields per epoch if nothing fails."""
@@ -281,57 +424,73 @@ class VideoDataset(LabeledVideoDataset):
 
     # --- iteration -----------------------------------------------------------------------
     def __iter__(self) -> Iterator[dict]:
-        return self._generate()
+        return self._generate(self._pass_token())
 
     def __next__(self) -> dict:
         if self._iterator is None:
-            self._iterator = self._generate()
+            self._iterator = self._generate(self._pass_token())
         return next(self._iterator)
 
-    def _generate(self) -> Iterator[dict]:
+    def _generate(self, token: int | None) -> Iterator[dict]:
         in_worker = torch.utils.data.get_worker_info() is not None
         attempted = yielded = 0
+        results: list[int] = []
         last_error: tuple[str, BaseException] | None = None
         for video_index in MultiProcessSampler(self._video_sampler):
             attempted += 1
             path, info = self._labeled_videos[video_index]
+            failure: tuple[str, BaseException] | None = None
             try:
                 video = self._open(video_index, path)
-            except Exception as e:  # unreadable, corrupt, missing
-                self._fail(video_index, path, e)
-                last_error = (path, e)
-                continue
-            try:
-                self._clip_sampler.reset()
-                next_start: float | Fraction = 0.0
-                clip: dict | None = None
-                while True:
-                    start, end, clip_index, aug_index, is_last = self._clip_sampler(next_start, video.duration, info)
-                    if aug_index == 0 or clip is None:  # views of a clip share one decode
-                        try:
-                            clip = video.get_clip(start, end)
+            except Exception as e:  # missing, empty, not a video, no video stream
+                failure = (_reason(e, "unreadable"), e)
+            else:
+                try:
+                    self._clip_sampler.reset()
+                    next_start: float | Fraction = 0.0
+                    clip: dict | None = None
+                    while True:
+                        start, end, clip_index, aug_index, is_last = self._clip_sampler(next_start, video.duration,
+                                                                                         info)
+                        if aug_index == 0 or clip is None:  # views of a clip share one decode
+                            try:
+                                clip = video.get_clip(start, end)
+                            except Exception as e:  # corrupt frames
+                                failure = (_reason(e, "decode_error"), e)
+                                break
                             if clip is None or clip.get("video") is None:
-                                raise RuntimeError(f"no frames in [{float(start):.3f}, {float(end):.3f}) s "
-                                                   f"of a {float(video.duration):.3f} s video")
-                        except Exception as e:
-                            self._fail(video_index, path, e)
-                            last_error = (path, e)
+                                failure = ("no_frames", RuntimeError(
+                                    f"no frames in [{float(start):.3f}, {float(end):.3f}) s of a "
+                                    f"{float(video.duration):.3f} s video"))
+                                break
+                            self._clips_decoded[video_index] += 1
+                        next_start = end
+                        sample = {"video": clip["video"], "video_name": video.name, "video_index": video_index,
+                                  "clip_index": clip_index, "aug_index": aug_index, **info}
+                        if self._transform is not None:
+                            sample = self._transform(sample)
+                        if sample is not None:
+                            yielded += 1
+                            yield sample
+                        if is_last:
                             break
-                        self._clips_decoded[video_index] += 1
-                    next_start = end
-                    sample = {"video": clip["video"], "video_name": video.name, "video_index": video_index,
-                              "clip_index": clip_index, "aug_index": aug_index, **info}
-                    if self._transform is not None:
-                        sample = self._transform(sample)
-                    if sample is not None:
-                        yielded += 1
-                        yield sample
-                    if is_last:
-                        break
-            finally:
-                video.close()
-        if attempted and not yielded and not in_worker:
-            raise RuntimeError(_nothing_decoded_message(self, attempted, last_error))
+                finally:
+                    video.close()
+                    video = clip = None  # free the decoder now (see decoding.SubsampledPyAV)
+            self._record(video_index, path, failure, token)
+            results.append(_REASON_CODE[failure[0]] if failure else 0)
+            if failure is not None:
+                last_error = (path, _without_tracebacks(failure[1]))
+                failure = None
+        if not in_worker:
+            if attempted and not yielded and not any(results):
+                raise DataLoadError(f"no clip could be decoded from {self.data_path or 'the dataset'}: "
+                                    f"{attempted} videos tried yielded no sample")
+            self._check_pass(torch.tensor(results, dtype=torch.int8), last_error)
+        elif token is not None:
+            shard = list(self._video_sampler)  # this rank's videos in this pass, over all workers
+            if shard and bool((self._stamp[shard] == token).all()):  # every worker is done: check the pass
+                self._check_pass(self._result[shard], last_error)
 
     def _open(self, video_index: int, path: str) -> Any:
         """The video to read clips from: opened by the decoder, or (``cache_mb``) a view of
@@ -373,10 +532,26 @@ class _CachedVideo:
             self._video.close()
 
 
-def _nothing_decoded_message(dataset: VideoDataset, attempted: int, last_error: tuple[str, BaseException] | None) -> str:
-    detail = f"; last error on {last_error[0]}: {last_error[1]}" if last_error else ""
-    return (f"no clip could be decoded from {dataset.data_path or 'the dataset'}: "
-            f"all {attempted} videos tried failed (decoder {dataset._decoder!r}){detail}")
+def _check_fraction(value: float | None) -> float | None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1):
+        raise ValueError(f"max_failed_fraction must be in [0, 1] or None, got {value!r}")
+    return value
+
+
+def _reason(error: BaseException, default: str) -> str:
+    return error.reason if isinstance(error, VideoReadError) else default
+
+
+def _without_tracebacks(error: BaseException) -> BaseException:
+    """``error`` and the errors it chains, without tracebacks: kept, it holds no frame
+    (nor the decoder in it) alive."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        current.__traceback__ = None
+        current = current.__cause__ or current.__context__
+    return error
 
 
 def kinetics_dataset(
@@ -400,6 +575,7 @@ def kinetics_dataset(
     shuffle: bool | None = None,
     check_files: bool = True,
     cache_mb: int = 0,
+    max_failed_fraction: float | None = DEFAULT_MAX_FAILED_FRACTION,
 ) -> VideoDataset:
     """A Kinetics-format dataset yielding the full configuration's clip of ``space``.
 
@@ -426,6 +602,13 @@ def kinetics_dataset(
         cache_mb: keep up to this many MB of decoded clips in memory (see
             :class:`VideoDataset`); for small sets of short videos read whole
             (``clip_duration=None``) with ``num_workers: 0``.
+        max_failed_fraction: a pass over this rank's shard in which more than this
+            fraction of the videos fail (skipped, see :data:`FAILURE_REASONS`) raises
+            :class:`DataLoadError` at its end, e.g. ``data/train.csv: 7 of 10 videos
+            failed (missing 2, unreadable 3, decode_error 2), above max_failed_fraction
+            0.1``. Default 0.1: a copy of Kinetics loses a few percent of its videos at
+            most; more means a broken path, mount or decoder. ``None``: only a pass in
+            which every video fails raises.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -440,6 +623,7 @@ def kinetics_dataset(
         raise ValueError(f"clip_duration must be positive seconds or None, got {clip_duration!r}")
     if clip_duration is None and temporal_clips > 1:
         raise ValueError("split='test' with temporal_clips > 1 needs clip_duration (seconds per clip)")
+    _check_fraction(max_failed_fraction)
     decoder = resolve_decoder(decoder)
     csv_or_dir = _split_file(os.fspath(data_path), split)
     entries = read_video_list(csv_or_dir, video_path_prefix=video_path_prefix, check_files=check_files)
@@ -459,30 +643,29 @@ def kinetics_dataset(
     return VideoDataset(entries, clip_sampler=clip_sampler, transform=transform, decoder=decoder, rank=rank,
                         world_size=world_size, shuffle=split == "train" if shuffle is None else shuffle, seed=seed,
                         clips_per_video=temporal_clips * spatial_crops, data_path=csv_or_dir, num_frames=frames,
-                        cache_mb=cache_mb)
+                        cache_mb=cache_mb, max_failed_fraction=max_failed_fraction)
 
 
 class VideoLoader(torch.utils.data.DataLoader):
     """A DataLoader that raises instead of running an empty epoch.
 
     If a pass yields no batch although the dataset has videos and none of its clips
-    decoded during the pass (every video failed, in any worker), it raises naming the
-    data path and the failed files.
+    decoded during the pass (every video failed, in any worker), it raises
+    :class:`DataLoadError` naming the data path and failed files (the dataset itself
+    raises first where it can, see :class:`VideoDataset`).
     """
 
     def __iter__(self) -> Iterator[Any]:
         dataset = self.dataset
-        before = dataset.stats["decoded"] if isinstance(dataset, VideoDataset) else None
+        before = int(dataset._clips_decoded.sum()) if isinstance(dataset, VideoDataset) else None
         batches = 0
         for batch in super().__iter__():
             batches += 1
             yield batch
-        if batches == 0 and before is not None and len(dataset) > 0:
-            stats = dataset.stats
-            if stats["decoded"] == before:
-                failed = stats["failed_paths"]
-                raise RuntimeError(f"no clip could be decoded from {dataset.data_path or 'the dataset'}: "
-                                   f"{len(failed)} failed videos, e.g. {failed[:3]}")
+        if batches == 0 and before is not None and len(dataset) > 0 and int(dataset._clips_decoded.sum()) == before:
+            failed = dataset.stats["failed_paths"]
+            raise DataLoadError(f"no clip could be decoded from {dataset.data_path or 'the dataset'}: "
+                                f"{len(failed)} failed videos, e.g. {failed[:3]}")
 
 
 def build_loader(dataset: torch.utils.data.Dataset, *, batch_size: int, num_workers: int = 0,
