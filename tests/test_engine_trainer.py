@@ -369,3 +369,35 @@ def test_resume_removes_partial_files_and_metrics_of_lost_iterations(tmp_path):
     rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     train_iterations = [r["iteration"] for r in rows if "train/loss_full" in r]
     assert train_iterations == [1, 2, 3, 4, 5, 6]  # 4-6 once each, from the resumed run
+
+
+def test_decode_failures_are_written_once_per_epoch_by_reason(tmp_path, caplog):
+    """Training on a Kinetics-format set with a zero-byte video and one deleted after the dataset
+    was built: metrics.jsonl
+    gets the decode counts by reason at each epoch (the DataStats hook)."""
+    from mutualnet_video.data import make_synthetic_kinetics
+
+    root = tmp_path / "data"
+    make_synthetic_kinetics(root, num_classes=2, train_per_class=4, val_per_class=1, frames=8, size=(32, 32),
+                            fps=8, seed=0)
+    (root / "empty.mp4").write_bytes(b"")
+    first = (root / "train.csv").read_text().split()[0]
+    (root / "deleted.mp4").write_bytes((root / first).read_bytes())
+    with open(root / "train.csv", "a") as f:
+        f.write("empty.mp4 0\ndeleted.mp4 1\n")
+    node = {"_target_": "mutualnet_video.data.kinetics_dataset", "data_path": str(root / "train.csv"),
+            "split": "train", "decoder": "pyav", "max_failed_fraction": 0.5}
+    cfg = _cfg(tmp_path / "out", model={"model_num_class": 2},
+               data={"train": node, "val": None, "batch_size": 2},
+               optim={"max_iters": 6, "warmup_iters": 1}, train={"log_period": 1})
+    trainer = _trainer(cfg)
+    (root / "deleted.mp4").unlink()  # after the dataset was built
+    with caplog.at_level("INFO", logger="mutualnet_video.engine.hooks"):
+        trainer.train()
+    rows = [json.loads(line) for line in open(tmp_path / "out" / "metrics.jsonl")]
+    data = [r for r in rows if "data/decoded" in r]
+    assert [(r["iteration"], r["epoch"]) for r in data] == [(5, 1), (6, 1)]  # 8 decodable videos: 4 iterations
+    assert all(r["data/failed"] == 2 and r["data/failed/missing"] == 1 and r["data/failed/empty_file"] == 1
+               for r in data)
+    assert data[0]["data/decoded"] >= 8 and data[1]["data/decoded"] == 12  # 6 iterations of 2 clips
+    assert "data after epoch 0: 10 clips decoded, 2 of 10 videos failed (missing 1, empty_file 1)" in caplog.text

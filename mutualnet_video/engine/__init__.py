@@ -8,7 +8,15 @@ Imports torch, fvcore, iopath, yaml; tqdm and TensorBoard are imported lazily.
 
 from .compare import METHODS, Comparison, compare_methods, plan_runs, write_comparison
 from .config import ConfigError, build_dataset, build_model, instantiate, load_config
-from .hooks import FinalEvaluation, HookBase, MetricsLogger, NanGuard, PeriodicCheckpointer, PeriodicValidation
+from .hooks import (
+    DataStats,
+    FinalEvaluation,
+    HookBase,
+    MetricsLogger,
+    NanGuard,
+    PeriodicCheckpointer,
+    PeriodicValidation,
+)
 from .launch import launch, seed_everything
 from .mutual import SandwichSampler, SingleSampler, mutual_step
 from .optim import build_lr_scheduler, build_optimizer, lr_multiplier, param_groups
@@ -22,6 +30,7 @@ __all__ = [
     "Trainer",
     "HookBase",
     "MetricsLogger",
+    "DataStats",
     "PeriodicCheckpointer",
     "PeriodicValidation",
     "NanGuard",

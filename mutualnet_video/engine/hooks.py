@@ -8,6 +8,7 @@ raises (a hook may raise a more informative error instead); ``after_train`` alwa
 
 * :class:`MetricsLogger`: the training scalars (median over the logging window) to
   ``metrics.jsonl`` / TensorBoard, a log line or the progress bar;
+* :class:`DataStats`: the training videos decoded and failed (by reason), once per epoch;
 * :class:`PeriodicCheckpointer`: ``model_<iteration>.pth`` every ``train.checkpoint_period``
   iterations and ``model_final.pth`` at the end;
 * :class:`PeriodicValidation`: top-1/top-5 of the full configuration every
@@ -33,7 +34,8 @@ if TYPE_CHECKING:
     from ..core import SubnetConfig
     from .trainer import Trainer
 
-__all__ = ["HookBase", "MetricsLogger", "PeriodicCheckpointer", "PeriodicValidation", "NanGuard", "FinalEvaluation"]
+__all__ = ["HookBase", "MetricsLogger", "DataStats", "PeriodicCheckpointer", "PeriodicValidation", "NanGuard",
+           "FinalEvaluation"]
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +115,46 @@ class MetricsLogger(HookBase):
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+
+
+class DataStats(HookBase):
+    """The training dataset's decode counts, once per epoch: ``data/decoded`` (clips),
+    ``data/failed`` (videos) and ``data/failed/<reason>``, summed over the DataLoader workers
+    and the ranks, to ``metrics.jsonl`` and the log (rank 0).
+
+    For a dataset with ``reduced_stats(device)`` (``mutualnet_video.data.VideoDataset``). The
+    counts, cumulative since the start of the process, are read every ``period`` iterations
+    (every rank at the same iteration: the sum over ranks is a collective) and written
+    (with ``epoch``: the epochs begun) at the first read after an epoch ended, and at the end.
+    """
+
+    def __init__(self, period: int) -> None:
+        self.period = period
+        self._epoch = 0
+
+    def after_step(self) -> None:
+        t = self.trainer
+        if t.iteration % self.period == 0 or t.iteration == t.max_iters:
+            self._report(final=t.iteration == t.max_iters)
+
+    def _report(self, *, final: bool) -> None:
+        t = self.trainer
+        reduced = getattr(t.train_dataset, "reduced_stats", None)
+        if reduced is None:
+            return
+        stats = reduced(t.device)
+        epoch = t.stream.epoch  # epochs begun: the counts cover the ones before it
+        if epoch == self._epoch and not final:
+            return
+        self._epoch = epoch
+        scalars = {"data/decoded": stats["decoded"], "data/failed": stats["failed"]}
+        scalars.update({f"data/failed/{k}": v for k, v in stats.get("failed_by_reason", {}).items()})
+        t.writer.write(t.iteration, scalars, epoch=epoch)
+        if t.is_main:
+            reasons = ", ".join(f"{k} {v}" for k, v in stats.get("failed_by_reason", {}).items() if v)
+            logger.info("data after %s: %d clips decoded, %d of %d videos failed%s",
+                        "training" if final else f"epoch {epoch - 1}", stats["decoded"], stats["failed"],
+                        stats.get("videos", 0), f" ({reasons})" if reasons else "")
 
 
 class PeriodicCheckpointer(HookBase):

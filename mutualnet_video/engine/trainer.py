@@ -51,7 +51,7 @@ from ..evaluation import BudgetRecord, calibrate_bn, evaluate_configs, format_ta
 from ..io import atomic_write_text
 from .config import ConfigError, build_dataset, build_model, dump_config, instantiate
 from .distributed import all_reduce_sum, convert_sync_bn, get_rank, get_world_size, resolve_device
-from .hooks import HookBase, MetricsLogger, NanGuard, PeriodicCheckpointer, PeriodicValidation
+from .hooks import DataStats, HookBase, MetricsLogger, NanGuard, PeriodicCheckpointer, PeriodicValidation
 from .launch import check_writable
 from .metrics import MetricsWriter
 from .mutual import SandwichSampler, SingleSampler, mutual_step
@@ -283,6 +283,7 @@ class Trainer(TrainerBase):
         tcfg = self.cfg["train"]
         return [
             MetricsLogger(tcfg["log_period"], progress=tcfg["progress"]),
+            DataStats(tcfg["log_period"]),
             PeriodicCheckpointer(tcfg["checkpoint_period"]),
             PeriodicValidation(tcfg["eval_period"]) if self.val_dataset is not None and self.task.logits else None,
             NanGuard(),
