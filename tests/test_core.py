@@ -651,3 +651,32 @@ def test_gradients_reach_the_shared_weights_with_caches_filled():
         conv(x)
     conv(x).sum().backward()
     assert conv.bias.grad is not None and conv.bias.grad[:16].abs().sum() > 0
+
+
+def test_compiled_model_runs_every_configuration_like_eager():
+    """torch.compile of a slimmable model, switched with use_config: each configuration's output
+    equals eager (the configuration's tag, read in forward by the BN layers, used to break tracing)."""
+    from mutualnet_video.core import SubnetConfig, get_space, use_config
+    from mutualnet_video.testing import create_toy_slimnet
+
+    torch.manual_seed(0)
+    model = create_toy_slimnet(channels=8).eval()
+    compiled = torch.compile(model)
+    space = get_space(model)
+    x = torch.randn(2, 3, 4, 32, 32)
+    for subnet in (space.full(), SubnetConfig(0.5, 2, 24), space.full()):
+        with use_config(model, subnet), torch.no_grad():
+            torch.testing.assert_close(compiled(x if subnet.frames == 4 else x[:, :, ::2, :24, :24]),
+                                       model(x if subnet.frames == 4 else x[:, :, ::2, :24, :24]))
+
+
+def test_subnet_config_tag_survives_copy_and_pickle():
+    import copy
+    import pickle
+
+    from mutualnet_video.core import SubnetConfig
+
+    subnet = SubnetConfig(0.5, 4, 160)
+    for clone in (copy.deepcopy(subnet), pickle.loads(pickle.dumps(subnet)), SubnetConfig.from_tag("w0500_f4_c160")):
+        assert clone == subnet and clone.tag == "w0500_f4_c160" and hash(clone) == hash(subnet)
+    assert SubnetConfig(1.0, None, 224).tag == "w1000_fn_c224"

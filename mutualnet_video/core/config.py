@@ -39,12 +39,15 @@ class SubnetConfig:
             raise ValueError(f"frames must be a positive int or None, got {self.frames!r}")
         if not isinstance(self.crop, int) or isinstance(self.crop, bool) or self.crop < 1:
             raise ValueError(f"crop must be a positive int, got {self.crop!r}")
+        # computed once: slim layers read the tag in forward (per-configuration BN statistics),
+        # where torch.compile can read a string attribute but fails to trace this formatting
+        frames = "n" if self.frames is None else str(self.frames)
+        object.__setattr__(self, "_tag", f"w{round(self.width * 1000):04d}_f{frames}_c{self.crop}")
 
     @property
     def tag(self) -> str:
         """A short key without dots, e.g. ``w0500_f8_c160`` (width in thousandths)."""
-        frames = "n" if self.frames is None else str(self.frames)
-        return f"w{round(self.width * 1000):04d}_f{frames}_c{self.crop}"
+        return self._tag
 
     @classmethod
     def from_tag(cls, tag: str) -> SubnetConfig:
