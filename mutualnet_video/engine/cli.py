@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 __all__ = ["ArgumentParser", "run_tool", "describe_error"]
@@ -76,7 +76,3 @@ def run_tool(tool: str, work: Callable[[], Any], *, debug: bool = False) -> Any:
         print(f"{tool}: {describe_error(exc)}", file=sys.stderr)
         return 2
 
-
-def debug_flag(argv: Sequence[str] | None) -> bool:
-    """Whether ``--debug`` is among the arguments (before they are parsed)."""
-    return "--debug" in (sys.argv[1:] if argv is None else argv)

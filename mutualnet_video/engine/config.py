@@ -399,9 +399,7 @@ def _name_the_key(path: str, node: Mapping[str, Any], exc: BaseException) -> str
     message = message or type(exc).__name__
     where = path or "node"
     for key in sorted((k for k in node if isinstance(k, str) and not k.startswith("_")), key=len, reverse=True):
-        if message.startswith(f"{key}:"):
-            return f"{where}.{key}: {message[len(key) + 1:].strip()}"
-        if message.startswith(f"{key} "):
+        if message.startswith((f"{key}:", f"{key} ")):
             return f"{where}.{key}: {message[len(key) + 1:].strip()}"
     return f"{where}: {message}"
 
