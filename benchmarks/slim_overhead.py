@@ -8,13 +8,23 @@ Forward (eval, no grad) and forward+backward (train mode) are timed alternately,
 then B in each repeat, and the medians and their ratios printed. Goal: full width
 within 5% of stock, slimmed within 10% of dense.
 
+The forward+backward pass is a sub-network's pass inside ``mutual_step``: gradients
+accumulate into existing ``.grad`` tensors (there the full configuration's backward has
+already created them), and the slimmable model runs under ``core.slice_grads`` as
+``mutual_step`` does (``--plain-grads``: without it, autograd's full-size gradient of
+each sliced weight).
+
     python benchmarks/slim_overhead.py --model mutual_x3d_xs --frames 4 --crop 160 --repeats 9
+    python benchmarks/slim_overhead.py --model all --repeats 5     # every family at its FAMILY_INPUTS
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import functools
+import os
+import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -31,10 +41,21 @@ from mutualnet_video.core import (
     SubnetConfig,
     dummy_input,
     get_space,
+    slice_grads,
     slimmable_modules,
     use_config,
 )
 from mutualnet_video.models import create_model
+
+# (slow) frames and crop of each family under --model all: small enough for a CPU run,
+# large enough that the convolutions, not Python, dominate
+FAMILY_INPUTS = {
+    "mutual_x3d_xs": (4, 160),
+    "mutual_x3d_s": (8, 160),
+    "mutual_x3d_m": (4, 224),
+    "mutual_slow_r50": (4, 96),
+    "mutual_slowfast_r50": (4, 96),
+}
 
 
 def stock_model(name: str, frames: int, crop: int, num_classes: int) -> nn.Module:
@@ -105,11 +126,11 @@ def _forward(model: nn.Module, x) -> Callable[[], None]:
     return run
 
 
-def _forward_backward(model: nn.Module, x) -> Callable[[], None]:
+def _forward_backward(model: nn.Module, x, sliced: bool = False) -> Callable[[], None]:
     def run():
         model.train()
-        model.zero_grad(set_to_none=True)
-        model(_clone(x)).sum().backward()
+        with slice_grads(sliced):
+            model(_clone(x)).sum().backward()  # accumulates into .grad, as a sub-network in mutual_step
     return run
 
 
@@ -130,50 +151,72 @@ def side_by_side(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="mutual_x3d_xs")
-    parser.add_argument("--frames", type=int, default=4, help="(slow) input frames")
-    parser.add_argument("--crop", type=int, default=160, help="crop size (multiple of 32)")
+    parser.add_argument("--model", default="mutual_x3d_xs", help="registry name, or 'all' (FAMILY_INPUTS)")
+    parser.add_argument("--frames", type=int, default=None, help="(slow) input frames (default: FAMILY_INPUTS)")
+    parser.add_argument("--crop", type=int, default=None, help="crop size, multiple of 32 (default: FAMILY_INPUTS)")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--widths", type=float, nargs="+", default=[1.0, 0.75, 0.5])
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--no-backward", action="store_true", help="time the forward only")
+    parser.add_argument("--plain-grads", action="store_true",
+                        help="fwd+bwd without core.slice_grads (autograd's full-size gradient of each slice)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
+    names = list(FAMILY_INPUTS) if args.model == "all" else [args.model]
+    print(f"machine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} cores, "
+          f"torch {torch.__version__}, {args.threads} thread(s), batch {args.batch}, repeats {args.repeats} "
+          f"(+{args.warmup} warm-up), device cpu, grads {'plain' if args.plain_grads else 'slice_grads'}")
+    print("median: median of the repeats; min: fastest repeat (less sensitive to a shared, noisy CPU)")
+    summary = []
+    for name in names:
+        frames, crop = FAMILY_INPUTS.get(name, (4, 160))
+        summary += run_model(name, args.frames or frames, args.crop or crop, args)
+    if len(names) > 1:
+        print("\nsummary (median ratios):")
+        for name, tag, label, ratio in summary:
+            print(f"  {name:<22}{tag:<18}{label:<9}{ratio:>7.3f}")
 
-    slim = create_model(args.model, frames=(args.frames,), crops=(args.crop,), model_num_class=400,
+
+def run_model(name: str, frames: int, crop: int, args) -> list[tuple[str, str, str, float]]:
+    torch.manual_seed(0)
+    slim = create_model(name, frames=(frames,), crops=(crop,), model_num_class=400,
                         width_range=(min(args.widths), 1.0), widths=tuple(args.widths))
-    stock = stock_model(args.model, args.frames, args.crop, 400)
+    stock = stock_model(name, frames, crop, 400)
     slim.load_state_dict(stock.state_dict(), strict=True)
     space = get_space(slim)
-    full = SubnetConfig(1.0, args.frames, args.crop)
+    full = SubnetConfig(1.0, frames, crop)
     x = dummy_input(space, full, batch=args.batch)
     x = [t.normal_() for t in x] if isinstance(x, list) else x.normal_()
     with torch.no_grad():
         same = torch.allclose(_forward_out(slim.eval(), full, x), stock.eval()(_clone(x)), atol=1e-4, rtol=1e-4)
 
-    print(f"model {args.model}  input {args.frames}x{args.crop}  batch {args.batch}  torch threads {args.threads}  "
-          f"repeats {args.repeats} (median)  device cpu")
+    print(f"\nmodel {name}  input {frames}x{crop}")
     print(f"slimmable at full width equals stock: {same}")
-    print("median: median of the repeats; min: fastest repeat (less sensitive to a shared, noisy CPU)")
     print(f"{'config':<18}{'pass':<9}{'reference':<10}{'ref ms':>9}{'slim ms':>9}{'ratio':>7}"
           f"{'ref min':>9}{'slim min':>9}{'ratio':>7}")
+    rows = []
     for width in sorted(args.widths, reverse=True):
-        cfg = SubnetConfig(width, args.frames, args.crop)
+        cfg = SubnetConfig(width, frames, crop)
         if width == 1.0:
             ref, ref_name = stock, "stock"
         else:
             ref, ref_name = dense_model(slim, cfg, x), "dense"
-        passes = [("fwd", _forward)] + ([] if args.no_backward else [("fwd+bwd", _forward_backward)])
-        for label, make in passes:
+        passes = [("fwd", _forward, _forward)]
+        if not args.no_backward:
+            passes.append(("fwd+bwd", _forward_backward,
+                           functools.partial(_forward_backward, sliced=not args.plain_grads)))
+        for label, make_ref, make_slim in passes:
             with use_config(slim, cfg):
-                t_ref, t_slim = side_by_side(make(ref, x), make(slim, x), repeats=args.repeats, warmup=args.warmup)
+                t_ref, t_slim = side_by_side(make_ref(ref, x), make_slim(slim, x), repeats=args.repeats,
+                                             warmup=args.warmup)
             med_ref, med_slim = statistics.median(t_ref) * 1e3, statistics.median(t_slim) * 1e3
             min_ref, min_slim = min(t_ref) * 1e3, min(t_slim) * 1e3
             print(f"{cfg.tag:<18}{label:<9}{ref_name:<10}{med_ref:>9.1f}{med_slim:>9.1f}{med_slim / med_ref:>7.3f}"
-                  f"{min_ref:>9.1f}{min_slim:>9.1f}{min_slim / min_ref:>7.3f}")
+                  f"{min_ref:>9.1f}{min_slim:>9.1f}{min_slim / min_ref:>7.3f}", flush=True)
+            rows.append((name, cfg.tag, label, med_slim / med_ref))
+    return rows
 
 
 def _forward_out(model: nn.Module, cfg: SubnetConfig, x) -> torch.Tensor:

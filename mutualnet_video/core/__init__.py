@@ -10,6 +10,8 @@ from .layers import (
     SlimConv3d,
     SlimLinear,
     SlimmableModule,
+    slice_grads,
+    slice_grads_enabled,
 )
 from .losses import DistillationLoss, distillation_loss
 from .switch import (
@@ -25,6 +27,8 @@ from .sync_bn import SlimSyncBatchNorm, SlimSyncBatchNorm2d, SlimSyncBatchNorm3d
 from .width import make_divisible, scale_channels
 
 __all__ = [
+    "slice_grads",
+    "slice_grads_enabled",
     "ConfigSpace",
     "SubnetConfig",
     "SlimBatchNorm",

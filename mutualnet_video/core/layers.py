@@ -23,7 +23,9 @@ calibration), see :class:`SlimBatchNorm`.
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +43,8 @@ __all__ = [
     "SlimBatchNorm2d",
     "SlimBatchNorm3d",
     "InSplits",
+    "slice_grads",
+    "slice_grads_enabled",
 ]
 
 InSplits = tuple[tuple[int, bool], ...]
@@ -56,9 +60,18 @@ class SlimmableModule:
     _slim_state: tuple | None = None
 
     def set_subnet(self, cfg: SubnetConfig | None) -> None:
-        """Follow ``cfg`` (``None``: the full layer). Called by ``set_config``."""
+        """Follow ``cfg`` (``None``: the full layer). Called by ``set_config``.
+
+        The layers that have a ``_new_state`` compute what their forward needs of ``cfg``
+        here, outside any compiled region: a forward traced by ``torch.compile`` reads it
+        (channel counts, the tag) and neither computes nor stores it, so dynamo guards on
+        those values only, not on the width (see :func:`~mutualnet_video.core.compile_slimmable`).
+        """
         self.subnet = cfg
         self._slim_state = None
+        new_state = getattr(self, "_new_state", None)
+        if new_state is not None:
+            self.__dict__["_slim_state"] = new_state()
 
     @property
     def width(self) -> float:
@@ -91,6 +104,78 @@ def _check_in_splits(in_splits: Sequence[Sequence] | None, in_features: int, nam
             f"but the layer has {in_features} inputs"
         )
     return splits
+
+
+_SLICE_GRADS = threading.local()
+
+
+@contextmanager
+def slice_grads(enabled: bool = True) -> Iterator[None]:
+    """Inside the block, the backward of a sliced weight adds into the slice of its
+    parameter's ``.grad`` instead of building a full-size gradient.
+
+    By default (outside the block) a slimmed layer's weight is a view of the parameter,
+    and autograd gives the parameter a full-size gradient, zero outside the active slice,
+    which is then added to ``.grad``: two passes over the full weight per layer and per
+    sub-network. Inside the block, forwards run at a slimmed width read the slice
+    through a function whose backward writes ``param.grad[:out, :in] += grad`` (allocating
+    ``.grad`` at zero if it is None) and hands autograd no gradient for the parameter.
+
+    What changes for the parameter, for the passes run inside the block: its
+    ``AccumulateGrad`` node and hooks (``register_hook``, post-accumulate hooks, DDP's
+    reducer) see no gradient, and ``torch.autograd.grad(loss, param)`` does not report it.
+    So use it where gradients are only accumulated in ``.grad`` and read by the optimizer:
+    ``mutual_step`` enters it for every backward except DDP's synchronised one. The choice
+    is made at forward time (thread-local, like ``torch.no_grad``); a compiled region
+    (``torch.compile``) and layers at full width always slice the plain way.
+    """
+    previous = getattr(_SLICE_GRADS, "enabled", False)
+    _SLICE_GRADS.enabled = bool(enabled)
+    try:
+        yield
+    finally:
+        _SLICE_GRADS.enabled = previous
+
+
+def slice_grads_enabled() -> bool:
+    """Whether :func:`slice_grads` is active in this thread."""
+    return getattr(_SLICE_GRADS, "enabled", False)
+
+
+class _SliceIntoGrad(torch.autograd.Function):
+    """``weight[:out]`` (then ``[:, :in]`` or the ``index`` columns); backward adds into
+    the same slice of ``weight.grad`` and returns no gradient for ``weight``."""
+
+    @staticmethod
+    def forward(ctx, weight, out_active, in_active, index):  # noqa: D102
+        ctx.param = weight
+        ctx.out_active, ctx.in_active, ctx.index = out_active, in_active, index
+        view = weight[:out_active]
+        if index is not None:
+            return view.index_select(1, index)
+        if in_active is None:
+            return view  # leading rows: already contiguous
+        view = view[:, :in_active]
+        # empty + copy_: Tensor.contiguous() on a 1x1x1-kernel slice was ~2x slower (its
+        # strides read as ambiguous memory formats)
+        return torch.empty(view.shape, dtype=view.dtype, device=view.device).copy_(view)
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: D102
+        param = ctx.param
+        target = param.grad
+        if target is None:
+            target = torch.zeros_like(param)
+        rows = target[:ctx.out_active]
+        if ctx.index is not None:
+            rows.index_add_(1, ctx.index, grad.to(rows.dtype))
+        elif ctx.in_active is not None:
+            rows[:, :ctx.in_active].add_(grad)
+        else:
+            rows.add_(grad)
+        if param.grad is None:
+            param.grad = target
+        return None, None, None, None
 
 
 def _tensor_key(t: torch.Tensor | None) -> tuple[int, int] | None:
@@ -179,20 +264,42 @@ class _SlimWeightMixin(SlimmableModule):
 
     def _active_slice(self, in_active: int, state: tuple) -> tuple[torch.Tensor, torch.Tensor | None]:
         self._check_in(in_active)
+        if torch.compiler.is_compiling():  # no cached slice in a graph (inductor fuses the slicing)
+            return self._slice_weight(in_active)
         return self._sliced_weight(in_active)
 
+    def _new_state(self) -> tuple:
+        """``(subnet, full width, active outputs, active channels of each part of
+        in_splits or None)`` of the active configuration."""
+        parts = None
+        if self._in_splits is not None:
+            parts = tuple(scale_channels(c, self.width) if slim else c for c, slim in self._in_splits)
+        return (self.subnet, self.width == 1.0, self.active_out(), parts)
+
     def _state(self) -> tuple:
-        """``(subnet, full width, active outputs)`` of the active configuration."""
+        """The :meth:`_new_state` of the active configuration, kept until it changes
+        (not stored from inside a compiled region: dynamo would guard on the cache)."""
         state = self._slim_state
         if state is None or state[0] is not self.subnet:
-            state = (self.subnet, self.width == 1.0, self.active_out())
-            self.__dict__["_slim_state"] = state
+            state = self._new_state()
+            if not torch.compiler.is_compiling():
+                self.__dict__["_slim_state"] = state
         return state
 
     def _split_index(self, in_active: int) -> torch.Tensor | None:
         """Indices of the active inputs when the input is a concatenation, else None."""
         if self._in_splits is None:
             return None
+        if torch.compiler.is_compiling():  # no cache: built in the graph, from the channel counts
+            parts, offset = [], 0
+            for (channels, _), active in zip(self._in_splits, self._state()[3]):
+                parts.append(torch.arange(offset, offset + active, device=self.weight.device))
+                offset += channels
+            index = torch.cat(parts)
+            torch._check(index.numel() == in_active, lambda: (
+                f"{type(self).__name__}: input has {in_active} channels but in_splits "
+                f"{self._in_splits} expect {index.numel()} at this configuration"))
+            return index
         key = (self.width, in_active)
         index = self._index_cache.get(key)
         if index is None:
@@ -240,16 +347,22 @@ class _SlimWeightMixin(SlimmableModule):
 
     def _slice_weight(self, in_active: int, depthwise: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         out_active = in_active if depthwise else self._state()[2]
-        weight = self.weight[:out_active]
+        full = self.weight
         index = None if depthwise else self._split_index(in_active)
-        if index is not None:
-            if index.device != weight.device:
-                index = index.to(weight.device)
-                self._index_cache[(self.width, in_active)] = index
-            weight = weight.index_select(1, index)
-        elif not depthwise and in_active != weight.shape[1]:
-            weight = weight[:, :in_active]
+        if index is not None and index.device != full.device:
+            index = index.to(full.device)
+            self._index_cache[(self.width, in_active)] = index
+        in_sliced = None if depthwise or index is not None or in_active == full.shape[1] else in_active
         bias = None if self.bias is None else self.bias[:out_active]
+        if (full.requires_grad and torch.is_grad_enabled() and slice_grads_enabled()
+                and not torch.compiler.is_compiling() and full.grad_fn is None
+                and (out_active < full.shape[0] or in_sliced is not None or index is not None)):
+            return _SliceIntoGrad.apply(full, out_active, in_sliced, index), bias
+        weight = full[:out_active]
+        if index is not None:
+            weight = weight.index_select(1, index)
+        elif in_sliced is not None:
+            weight = weight[:, :in_sliced]
         return weight, bias
 
 
@@ -286,6 +399,8 @@ class _SlimConvNd(_SlimWeightMixin):
     def _active_slice(self, in_active: int, state: tuple) -> tuple[torch.Tensor, torch.Tensor | None]:
         self._check_in(in_active)
         if not self._depthwise:
+            if torch.compiler.is_compiling():
+                return self._slice_weight(in_active)
             return self._sliced_weight(in_active)
         out_active = state[2] if self._slim_out else in_active
         if out_active != in_active:
@@ -293,6 +408,8 @@ class _SlimConvNd(_SlimWeightMixin):
                 f"{type(self).__name__}: depthwise conv got {in_active} channels at width "
                 f"{self.width:g}, which gives {out_active} outputs"
             )
+        if torch.compiler.is_compiling():
+            return self._slice_weight(in_active, depthwise=True)
         return self._sliced_weight(in_active, depthwise=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -417,16 +534,23 @@ class SlimBatchNorm(SlimmableModule):
         self.config_stats = {tag: (fn(m), fn(v)) for tag, (m, v) in self.config_stats.items()}
         return result
 
+    def _new_state(self) -> tuple:
+        """``(subnet, its tag or None)``."""
+        return (self.subnet, None if self.subnet is None else self.subnet.tag)
+
     def _stored_stats(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The statistics stored for the active configuration (eval only), else None."""
         state = self._slim_state
         if state is None or state[0] is not self.subnet:
-            state = (self.subnet, None if self.subnet is None else self.subnet.tag)
-            self.__dict__["_slim_state"] = state
+            state = self._new_state()
+            if not torch.compiler.is_compiling():
+                self.__dict__["_slim_state"] = state
         return None if state[1] is None else self.config_stats.get(state[1])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training and not torch.is_grad_enabled():
+        # the cached path is for eager only: in a compiled region its cache keys (tensor
+        # addresses, versions) would break the graph and be guarded on
+        if not self.training and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
             out = self._inference_forward(x)
             if out is not None:
                 return out

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..core import ConfigSpace, SubnetConfig, distillation_loss, use_config
+from ..core import ConfigSpace, SubnetConfig, distillation_loss, slice_grads, use_config
 
 __all__ = ["mutual_step", "detach_output", "SandwichSampler", "SingleSampler", "check_full_clip", "full_clip_input",
            "ModelInput", "SubInputs"]
@@ -98,6 +98,8 @@ def mutual_step(
     Args:
         model: a slimmable model (or its DDP wrapper). With DDP, gradients are
             accumulated locally (``no_sync``) and all-reduced on the last backward only.
+            Slimmed layers add their weight gradients into the active slice of ``.grad``
+            (:func:`~mutualnet_video.core.slice_grads`), except in that last backward.
         sub_inputs: ``[(cfg, input), ...]``, the full configuration first. ``cfg=None``
             runs the model as it is (no switching): a single ``[(None, x)]`` is plain
             training of one network ("single-network mode").
@@ -136,9 +138,12 @@ def mutual_step(
     teacher = None
     last = len(sub_inputs) - 1
     for index, (cfg, inputs) in enumerate(sub_inputs):
-        sync = contextlib.nullcontext() if (not is_ddp or index == last) else model.no_sync()
+        synced = is_ddp and index == last
+        sync = contextlib.nullcontext() if (not is_ddp or synced) else model.no_sync()
         switch = contextlib.nullcontext() if cfg is None else use_config(switch_target, cfg)
-        with sync, switch:
+        # a sliced weight's gradient goes straight into its slice of .grad, except in DDP's
+        # synchronised backward, whose reducer needs every parameter's gradient from autograd
+        with sync, switch, slice_grads(not synced):
             with torch.autocast(device_type=device_type, enabled=use_amp):
                 output = model(inputs)
                 if index == 0:
