@@ -654,20 +654,33 @@ def test_gradients_reach_the_shared_weights_with_caches_filled():
 
 
 def test_compiled_model_runs_every_configuration_like_eager():
-    """torch.compile of a slimmable model, switched with use_config: each configuration's output
-    equals eager (the configuration's tag, read in forward by the BN layers, used to break tracing)."""
-    from mutualnet_video.core import SubnetConfig, get_space, use_config
+    """torch.compile (inductor) of a slimmable model, switched with use_config: each configuration's
+    output equals eager, one graph each, and switching back to a configuration compiles nothing
+    (the configuration's tag, read in forward by the BN layers, used to break tracing; the slim
+    layers' caches, filled in forward, were guarded on and recompiled)."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    from mutualnet_video.core import SlimBatchNorm, SubnetConfig, get_space, use_config
     from mutualnet_video.testing import create_toy_slimnet
 
     torch.manual_seed(0)
     model = create_toy_slimnet(channels=8).eval()
-    compiled = torch.compile(model)
+    half = SubnetConfig(0.5, 2, 24)
+    for bn in model.modules():  # stored statistics for one configuration: the eval path reads them
+        if isinstance(bn, SlimBatchNorm):
+            bn.store_stats(half, torch.rand(8) - 0.5, torch.rand(8) + 0.5)
+    torch._dynamo.reset()  # no cache entry of another test (same code, another backend)
+    counter = CompileCounterWithBackend("inductor")
+    compiled = torch.compile(model, backend=counter)
     space = get_space(model)
     x = torch.randn(2, 3, 4, 32, 32)
-    for subnet in (space.full(), SubnetConfig(0.5, 2, 24), space.full()):
+    graphs = []
+    for subnet in (space.full(), half, space.full(), SubnetConfig(0.5, 2, 24)):
         with use_config(model, subnet), torch.no_grad():
             torch.testing.assert_close(compiled(x if subnet.frames == 4 else x[:, :, ::2, :24, :24]),
                                        model(x if subnet.frames == 4 else x[:, :, ::2, :24, :24]))
+        graphs.append(counter.frame_count)
+    assert graphs == [1, 2, 2, 2]
 
 
 def test_subnet_config_tag_survives_copy_and_pickle():

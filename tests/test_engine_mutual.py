@@ -230,3 +230,60 @@ def test_dict_outputs_and_teacher_fn_give_the_same_step_as_tensors():
     assert len(custom) == 2
     with pytest.raises(TypeError, match="pass teacher_fn"):
         detach_output(object())
+
+
+def _compile_counts(model, run, rounds=2):
+    """Frames compiled by ``compile_slimmable(model)`` (eager backend, static shapes) after each
+    round of ``run(compiled)``, and the graph breaks; dynamo's limits are restored after."""
+    from torch._dynamo.testing import CompileCounter
+
+    from mutualnet_video.engine import compile_slimmable
+
+    torch._dynamo.reset()  # no cache entry of another test (same code, another backend)
+    counter, counts = CompileCounter(), []
+    torch._dynamo.utils.counters.clear()
+    with torch._dynamo.config.patch(recompile_limit=8, accumulated_recompile_limit=256):
+        compiled = compile_slimmable(model, backend=counter, dynamic=False)
+        limit = torch._dynamo.config.recompile_limit
+        for _ in range(rounds):
+            run(compiled)
+            counts.append(counter.frame_count)
+    counters = torch._dynamo.utils.counters  # graph breaks, and frames dynamo skipped ("unimplemented")
+    return counts, sum(counters["graph_break"].values()) + sum(counters["unimplemented"].values()), limit
+
+
+def test_compile_slimmable_one_graph_per_configuration_beyond_the_recompile_limit():
+    """The toy's 20 evaluation configurations (more than dynamo's default limit of 8): one graph
+    each, outputs equal to eager, none recompiled in a second pass; training (mutual_step over
+    sandwich samples, backward) compiles at most one graph per channel pattern x input size and
+    nothing for samples already seen."""
+    from mutualnet_video.engine import graph_budget
+
+    torch.manual_seed(0)
+    model = create_toy_slimnet(channels=8).eval()
+    space = get_space(model)
+    budget = graph_budget(model)
+    assert (budget.channel_patterns, budget.inputs, budget.eval) == (3, 4, 20)  # 8 and 16 channels
+    clip = torch.randn(2, 3, 4, 32, 32)
+
+    def evaluate(compiled):
+        for subnet in space:
+            x = space.model_input(clip, subnet)
+            with use_config(model, subnet), torch.no_grad():
+                torch.testing.assert_close(compiled(x), model(x))
+
+    counts, breaks, limit = _compile_counts(model, evaluate)
+    assert counts == [20, 20] and breaks == 0 and limit >= budget.total
+
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    sampler = SandwichSampler(space, generator=torch.Generator().manual_seed(0))
+    steps = [sampler(clip) for _ in range(4)]
+    labels = torch.tensor([0, 1])
+
+    def train(compiled):
+        for sub_inputs in steps:
+            mutual_step(compiled, sub_inputs, labels, criterion=F.cross_entropy, optimizer=optimizer)
+
+    counts, breaks, _ = _compile_counts(model, train)
+    assert 0 < counts[0] == counts[1] <= budget.train and breaks == 0

@@ -401,3 +401,33 @@ def test_decode_failures_are_written_once_per_epoch_by_reason(tmp_path, caplog):
                for r in data)
     assert data[0]["data/decoded"] >= 8 and data[1]["data/decoded"] == 12  # 6 iterations of 2 clips
     assert "data after epoch 0: 10 clips decoded, 2 of 10 videos failed (missing 1, empty_file 1)" in caplog.text
+
+
+def test_train_compile_runs_the_compiled_forward_and_saves_the_plain_module(tmp_path, monkeypatch):
+    """train.compile: true: the iterations run the compiled forward (compile_slimmable, with a
+    counting eager backend here to stay fast), the checkpoint holds the uncompiled module's keys
+    (no ``_orig_mod.``) and loads strictly into a fresh model, and calibration / evaluation run."""
+    from torch._dynamo.testing import CompileCounter
+
+    from mutualnet_video.engine import compile_slimmable
+    from mutualnet_video.engine import trainer as trainer_module
+    from mutualnet_video.testing import create_toy_slimnet
+
+    torch._dynamo.reset()  # no cache entry of another test (same code, another backend)
+    counter = CompileCounter()
+    monkeypatch.setattr(trainer_module, "compile_slimmable", lambda model: compile_slimmable(model, backend=counter))
+    cfg = _cfg(tmp_path, optim={"max_iters": 2, "warmup_iters": 1}, train={"compile": True, "checkpoint_period": 2})
+    assert _cfg(tmp_path)["train"]["compile"] is False
+    with torch._dynamo.config.patch(recompile_limit=8, accumulated_recompile_limit=256):
+        trainer = _trainer(cfg)
+        assert trainer.train_model is not trainer.model and trainer.train_model._orig_mod is trainer.model
+        trainer.train()
+        assert counter.frame_count >= 2  # the full configuration and at least one sub-network
+        saved = torch.load(tmp_path / "model_final.pth", weights_only=True)["model"]
+        assert saved.keys() == trainer.model.state_dict().keys() and not any("_orig_mod" in k for k in saved)
+        fresh = create_toy_slimnet(channels=8, num_subnets=3)
+        fresh.load_state_dict(saved, strict=True)
+        for key, value in trainer.model.state_dict().items():
+            assert torch.equal(fresh.state_dict()[key], value), key
+        rows = final_evaluation(trainer)
+    assert len(rows) == 3 and all(r["calibrated"] for r in rows)

@@ -120,6 +120,33 @@ def test_x3d_train_mode_equals_stock_and_updates_same_stats():
     torch.testing.assert_close(slim.state_dict(), stock.state_dict())
 
 
+def test_x3d_swish_is_traceable_with_autograd_and_unchanged_in_eager():
+    """The converter's CompilableSwish: PyTorchVideo's Swish in eager (same values and gradient),
+    and one graph without a break under torch.compile with autograd on (the original's backward
+    reads ctx.saved_variables, which dynamo cannot trace: it fell back to eager)."""
+    from pytorchvideo.layers.swish import Swish
+    from torch._dynamo.testing import CompileCounter
+
+    from mutualnet_video.models.convert import CompilableSwish
+
+    slim = create_slimmable_x3d(**X3D_KW)
+    swishes = [m for m in slim.modules() if isinstance(m, Swish)]
+    assert swishes and all(type(m) is CompilableSwish for m in swishes)
+    x = torch.randn(2, 8, 3, 3, requires_grad=True)
+    CompilableSwish()(x).sum().backward()
+    x2 = x.detach().clone().requires_grad_()
+    Swish()(x2).sum().backward()
+    assert torch.equal(CompilableSwish()(x), Swish()(x)) and torch.equal(x.grad, x2.grad)
+    torch._dynamo.reset()
+    counter = CompileCounter()
+    torch._dynamo.utils.counters.clear()
+    out = torch.compile(CompilableSwish(), backend=counter)(x)
+    out.sum().backward()
+    counters = torch._dynamo.utils.counters  # Swish: "unimplemented", its forward compiled alone
+    assert counter.frame_count == 1 and not counters["graph_break"] and not counters["unimplemented"]
+    torch.testing.assert_close(out, Swish()(x))
+
+
 def test_slimmable_converts_in_place_keeping_tensors_and_attributes():
     torch.manual_seed(0)
     model = _randomize(create_x3d(**X3D_KW, head_activation=None)).eval()

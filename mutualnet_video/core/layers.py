@@ -65,13 +65,14 @@ class SlimmableModule:
         The layers that have a ``_new_state`` compute what their forward needs of ``cfg``
         here, outside any compiled region: a forward traced by ``torch.compile`` reads it
         (channel counts, the tag) and neither computes nor stores it, so dynamo guards on
-        those values only, not on the width (see :func:`~mutualnet_video.core.compile_slimmable`).
+        those values only, not on the width (see :func:`mutualnet_video.engine.compile_slimmable`).
         """
-        self.subnet = cfg
-        self._slim_state = None
+        attrs = self.__dict__  # plain attributes: nn.Module.__setattr__ only costs time here
+        attrs["subnet"] = cfg
+        attrs["_slim_state"] = None
         new_state = getattr(self, "_new_state", None)
         if new_state is not None:
-            self.__dict__["_slim_state"] = new_state()
+            attrs["_slim_state"] = new_state()
 
     @property
     def width(self) -> float:

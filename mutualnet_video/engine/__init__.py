@@ -7,6 +7,7 @@ Imports torch, fvcore, iopath, yaml; tqdm and TensorBoard are imported lazily.
 """
 
 from .compare import METHODS, Comparison, compare_methods, plan_runs, write_comparison
+from .compile import GraphBudget, compile_slimmable, graph_budget
 from .config import ConfigError, build_dataset, build_model, instantiate, load_config
 from .hooks import (
     DataStats,
@@ -24,6 +25,9 @@ from .trainer import Trainer, TrainerBase, final_evaluation
 
 __all__ = [
     "mutual_step",
+    "compile_slimmable",
+    "graph_budget",
+    "GraphBudget",
     "SandwichSampler",
     "SingleSampler",
     "TrainerBase",

@@ -253,6 +253,8 @@ SCHEMA: dict[str, Any] = {
         "progress": Key(_BOOL, True, doc="tqdm progress bar on rank 0"),
         "tensorboard": Key(_BOOL, True),
         "find_unused_parameters": Key(_BOOL, False, doc="DDP option"),
+        "compile": Key(_BOOL, False, doc="torch.compile the training forward (engine.compile_slimmable); checkpoints, "
+                                         "calibration and evaluation use the uncompiled model"),
     },
     "eval": {
         "configs": Key((list, _NONE), None, _str_list, "config tags evaluated at the end; default: corners"),

@@ -12,7 +12,9 @@
 
 The Trainer changes no process-global state: the thread count, the process group, the
 seeds and the synthetic dataset are set up once per process, before it is built, by
-:func:`mutualnet_video.engine.launch` (the tools call it).
+:func:`mutualnet_video.engine.launch` (the tools call it). The one exception is opt-in:
+``train.compile: true`` raises dynamo's recompile limits to the model's graph budget
+(:func:`~mutualnet_video.engine.compile_slimmable`, logged).
 
 Reproducibility: the seed is the same on every rank (the data is sharded, the sandwich
 configurations are shared by the ranks). A checkpoint holds the model, optimizer,
@@ -49,6 +51,7 @@ from ..checkpoint import CheckpointError, CorruptCheckpointError, MutualCheckpoi
 from ..core import SubnetConfig, get_space, use_config
 from ..evaluation import BudgetRecord, calibrate_bn, evaluate_configs, format_table
 from ..io import atomic_write_text
+from .compile import compile_slimmable
 from .config import ConfigError, build_dataset, build_model, dump_config, instantiate
 from .distributed import all_reduce_sum, convert_sync_bn, get_rank, get_world_size, resolve_device
 from .hooks import DataStats, HookBase, MetricsLogger, NanGuard, PeriodicCheckpointer, PeriodicValidation
@@ -77,7 +80,7 @@ class TrainerBase:
 
     Args:
         model: the (slimmable) model; ``train_model`` (default ``model``) is what runs
-            forward, e.g. its DDP wrapper.
+            forward, e.g. its DDP wrapper or its ``torch.compile`` (``train.compile``).
         stream: ``stream.next()`` returns the next training batch (a ``{"video",
             "label"}`` dict or a ``(video, label)`` pair), e.g. a :class:`BatchStream`.
         optimizer / scheduler: stepped once per iteration (the scheduler after the optimizer).
@@ -220,6 +223,10 @@ class Trainer(TrainerBase):
         if tcfg["sync_bn"]:
             model = convert_sync_bn(model, device)
         train_model: nn.Module = model
+        if tcfg["compile"]:
+            # only the training forward is compiled: self.model, which checkpoints, calibration and
+            # evaluation use, stays the plain module (state-dict keys without an _orig_mod. prefix)
+            train_model = compile_slimmable(model) if space is not None else torch.compile(model)
         if world_size > 1:
             train_model = nn.parallel.DistributedDataParallel(
                 model, device_ids=[device.index] if device.type == "cuda" else None,

@@ -364,8 +364,9 @@ def export_subnet(
 
 
 def _is_pytorchvideo_swish(module: nn.Module) -> bool:
-    cls = type(module)
-    return cls.__name__ == "Swish" and cls.__module__.startswith("pytorchvideo.")
+    """PyTorchVideo's ``Swish`` or a subclass (the converter's ``CompilableSwish``)."""
+    return any(cls.__name__ == "Swish" and cls.__module__.startswith("pytorchvideo.")
+               for cls in type(module).__mro__)
 
 
 # -- serialisation ---------------------------------------------------------------------

@@ -22,13 +22,16 @@ Width rules (MutualNet):
 Head pools with a fixed kernel (``AvgPool3d`` in ``ProjectedPool``, ``ResNetBasicHead``
 and ``PoolConcatPathway``) become ``AdaptiveAvgPool3d(1)``: the same output at the
 nominal input size (where the kernel covers the whole feature map), and any frames /
-crop of the space runs.
+crop of the space runs. PyTorchVideo's ``Swish`` (X3D) becomes :class:`CompilableSwish`:
+the same module in eager, traceable by ``torch.compile`` with autograd on.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+from pytorchvideo.layers.swish import Swish
 from pytorchvideo.models.head import ResNetBasicHead
 from pytorchvideo.models.net import MultiPathWayWithFuse
 from pytorchvideo.models.resnet import BottleneckBlock, ResBlock, ResStage
@@ -104,8 +107,32 @@ def slimmable(model: nn.Module, *, space: ConfigSpace, slim_fast: bool = False) 
         if type(module) in (nn.Conv3d, nn.Linear, nn.BatchNorm3d):
             _replace(model, name, _convert(module, role, name))
     _adapt_head_pools(model)
+    _compilable_swish(model)
     attach_space(model, space)
     return model
+
+
+class CompilableSwish(Swish):
+    """PyTorchVideo's ``Swish`` (X3D) that ``torch.compile`` can trace with autograd on.
+
+    Eager: the same ``SwishFunction`` (same values, same memory). In a compiled region:
+    ``x * torch.sigmoid(x)`` in torch ops, the same function: ``SwishFunction``'s backward
+    reads ``ctx.saved_variables``, which dynamo cannot trace, so a compiled training
+    forward fell back to eager frame by frame (one graph per module, recompiled per width).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_compiling():
+            return x * torch.sigmoid(x)
+        return super().forward(x)
+
+
+def _compilable_swish(model: nn.Module) -> None:
+    """Every PyTorchVideo ``Swish`` becomes a :class:`CompilableSwish`, in place (no state:
+    the class changes, the module, its hooks and its sharing stay)."""
+    for module in model.modules():
+        if type(module) is Swish:
+            module.__class__ = CompilableSwish
 
 
 # -- roles ---------------------------------------------------------------------------

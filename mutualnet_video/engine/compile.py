@@ -1,0 +1,119 @@
+"""``torch.compile`` of a slimmable model, with dynamo's recompile limit sized to its space.
+
+A compiled slimmable model specializes each graph on what its slim layers read in
+forward: the active channel counts of every layer (training), the configuration's tag
+(evaluation: BatchNorm picks the statistics calibrated for it) and, unless dynamo makes
+them dynamic, the input's frames and crop. Switching back to a configuration already
+run reuses its graph; nothing is recompiled. The number of graphs is bounded by:
+
+* training: the distinct channel patterns over the width range (widths are drawn
+  uniformly, but the layers round their channels to multiples of 8, so many widths share
+  one pattern) x frames x crops;
+* evaluation: the configurations of the evaluation grid (``space.grid()``).
+
+With dynamo's default dynamic shapes, frames and crops usually collapse into one graph
+per pattern after the first change of input size (fewer graphs); ``dynamic=False`` gives
+exactly the bound above. Dynamo stops compiling a function after ``recompile_limit`` (8)
+graphs and runs it eagerly from then on, which a space of more configurations reaches:
+:func:`compile_slimmable` raises the limit to the bound and logs it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..core import ConfigSpace, SlimConv2d, SlimConv3d, SlimLinear, get_space, scale_channels, slimmable_modules
+
+__all__ = ["compile_slimmable", "graph_budget", "GraphBudget"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GraphBudget:
+    """The most graphs a compiled slimmable model needs (see the module docstring)."""
+
+    channel_patterns: int  # distinct channel counts of the layers over the width range
+    inputs: int  # frames x crops
+    train: int  # channel_patterns x inputs
+    eval: int  # configurations of the evaluation grid
+
+    @property
+    def total(self) -> int:
+        return self.train + self.eval
+
+
+def _slimmed_channels(model: nn.Module) -> list[int]:
+    """The full channel counts that follow the width: each slimmed layer's outputs and
+    each slimmed part of an ``in_splits`` input."""
+    counts: set[int] = set()
+    for _, module in slimmable_modules(model):
+        if isinstance(module, (SlimConv2d, SlimConv3d)) and module.slim_out:
+            counts.add(module.out_channels)
+        elif isinstance(module, SlimLinear) and module.slim_out:
+            counts.add(module.out_features)
+        for channels, slim in getattr(module, "in_splits", None) or ():
+            if slim:
+                counts.add(channels)
+    return sorted(counts)
+
+
+def _channel_patterns(lo: float, hi: float, counts: list[int]) -> int:
+    """Distinct ``(scale_channels(c, w) for c in counts)`` (and whether ``w == 1``) over
+    ``w in [lo, hi]``: each count is non-decreasing in ``w``, so an interval whose ends give
+    the same pattern has no other inside; bisect the others down to 1e-9."""
+    def key(w: float) -> tuple:
+        return (w == 1.0, *(scale_channels(c, w) for c in counts))
+
+    seen = {key(lo), key(hi)}
+    stack = [(lo, hi, key(lo), key(hi))]
+    while stack:
+        a, b, ka, kb = stack.pop()
+        if ka == kb or b - a < 1e-9:
+            continue
+        mid = (a + b) / 2
+        km = key(mid)
+        seen.add(km)
+        stack += [(a, mid, ka, km), (mid, b, km, kb)]
+    return len(seen)
+
+
+def graph_budget(model: nn.Module, space: ConfigSpace | None = None) -> GraphBudget:
+    """The most graphs ``torch.compile(model)`` builds over ``space`` (default: the model's)."""
+    space = get_space(model) if space is None else space
+    if space is None:
+        raise TypeError(f"{type(model).__name__} has no ConfigSpace (attach_space / our builders)")
+    patterns = _channel_patterns(*space.width_range, _slimmed_channels(model))
+    inputs = len(space.frames) * len(space.crops)
+    return GraphBudget(channel_patterns=patterns, inputs=inputs, train=patterns * inputs,
+                       eval=len({cfg.tag for cfg in space.grid()}))
+
+
+def compile_slimmable(model: nn.Module, **compile_kwargs: Any) -> nn.Module:
+    """``torch.compile(model, **compile_kwargs)``, after raising dynamo's recompile limits
+    to :func:`graph_budget`'s total, so no configuration of the space falls back to eager.
+
+    ``torch._dynamo.config.recompile_limit`` (graphs per compiled function) becomes at
+    least the budget and ``accumulated_recompile_limit`` (all functions) at least twice
+    it; both are process-wide and only ever raised, and the change is logged (INFO). The
+    compiled module shares ``model``'s parameters and switches with it
+    (:func:`~mutualnet_video.core.use_config` on either); save ``model``'s state dict,
+    whose keys have no ``_orig_mod.`` prefix.
+    """
+    budget = graph_budget(model)
+    config = torch._dynamo.config
+    before = (config.recompile_limit, config.accumulated_recompile_limit)
+    config.recompile_limit = max(config.recompile_limit, budget.total)
+    config.accumulated_recompile_limit = max(config.accumulated_recompile_limit, 2 * budget.total)
+    logger.info(
+        "compile_slimmable: at most %d graphs (training: %d channel patterns x %d inputs; evaluation: %d "
+        "configurations); torch._dynamo recompile_limit %d -> %d, accumulated_recompile_limit %d -> %d",
+        budget.total, budget.channel_patterns, budget.inputs, budget.eval,
+        before[0], config.recompile_limit, before[1], config.accumulated_recompile_limit,
+    )
+    return torch.compile(model, **compile_kwargs)
