@@ -265,8 +265,6 @@ class _SlimWeightMixin(SlimmableModule):
 
     def _active_slice(self, in_active: int, state: tuple) -> tuple[torch.Tensor, torch.Tensor | None]:
         self._check_in(in_active)
-        if torch.compiler.is_compiling():  # no cached slice in a graph (inductor fuses the slicing)
-            return self._slice_weight(in_active)
         return self._sliced_weight(in_active)
 
     def _new_state(self) -> tuple:
@@ -332,6 +330,8 @@ class _SlimWeightMixin(SlimmableModule):
         input dim (1) is kept.
         """
         weight, bias = self._parameters["weight"], self._parameters["bias"]
+        if torch.compiler.is_compiling():  # no cached slice in a graph (inductor fuses the slicing)
+            return self._slice_weight(in_active, depthwise)
         if torch.is_grad_enabled() and (weight.requires_grad or (bias is not None and bias.requires_grad)):
             return self._slice_weight(in_active, depthwise)
         key = (self._state(), in_active, depthwise, _tensor_key(weight), _tensor_key(bias))
@@ -400,8 +400,6 @@ class _SlimConvNd(_SlimWeightMixin):
     def _active_slice(self, in_active: int, state: tuple) -> tuple[torch.Tensor, torch.Tensor | None]:
         self._check_in(in_active)
         if not self._depthwise:
-            if torch.compiler.is_compiling():
-                return self._slice_weight(in_active)
             return self._sliced_weight(in_active)
         out_active = state[2] if self._slim_out else in_active
         if out_active != in_active:
@@ -409,8 +407,6 @@ class _SlimConvNd(_SlimWeightMixin):
                 f"{type(self).__name__}: depthwise conv got {in_active} channels at width "
                 f"{self.width:g}, which gives {out_active} outputs"
             )
-        if torch.compiler.is_compiling():
-            return self._slice_weight(in_active, depthwise=True)
         return self._sliced_weight(in_active, depthwise=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -223,6 +223,10 @@ class Trainer(TrainerBase):
         if tcfg["sync_bn"]:
             model = convert_sync_bn(model, device)
         train_model: nn.Module = model
+        if tcfg["compile"] and world_size > 1:
+            # DDP wraps `model` below, which would silently drop the compiled forward
+            raise ConfigError(f"train.compile: true is not supported with DDP yet (world size {world_size}); "
+                              "set train.compile: false")
         if tcfg["compile"]:
             # only the training forward is compiled: self.model, which checkpoints, calibration and
             # evaluation use, stays the plain module (state-dict keys without an _orig_mod. prefix)
