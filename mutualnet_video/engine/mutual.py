@@ -92,6 +92,8 @@ def mutual_step(
     amp: bool = False,
     iteration: int | None = None,
     teacher_fn: Callable[[Any], Any] = detach_output,
+    backward: Callable[[torch.Tensor], None] | None = None,
+    no_sync: Callable[[], contextlib.AbstractContextManager] | None = None,
 ) -> dict[str, float]:
     """Run one sandwich-rule iteration and take ONE optimizer step.
 
@@ -107,7 +109,8 @@ def mutual_step(
         criterion: ``criterion(output, targets) -> scalar`` for the full configuration.
         distill: ``distill(student_output, teacher_output, temperature=T) -> scalar``
             for every other configuration; the teacher is already detached.
-        optimizer: stepped once, after all backward passes.
+        optimizer: stepped once, after all backward passes (anything with ``zero_grad``,
+            ``step`` and ``param_groups``, e.g. a ``LightningOptimizer``).
         scaler: a CUDA ``GradScaler`` (AMP); ``None`` on the CPU.
         clip_grad_norm: clip the summed gradients to this total norm (after unscaling).
         temperature: distillation temperature (1 in the paper).
@@ -116,6 +119,14 @@ def mutual_step(
         teacher_fn: turns the full configuration's output into the teacher handed to
             ``distill`` (default: the output detached, also a dict such as segmentation
             heads return; detection passes its sampled proposals and their logits).
+        backward: ``backward(loss)`` runs each configuration's backward instead of
+            ``loss.backward()``, e.g. Lightning's ``manual_backward`` (its precision plugin
+            scales the loss); not together with ``scaler``.
+        no_sync: a context-manager factory that blocks the gradient all-reduce of a DDP
+            wrapper ``mutual_step`` does not call itself (Lightning wraps the
+            LightningModule: ``trainer.strategy.block_backward_sync``). Every backward but
+            the last runs inside it, the last one synchronises (and takes every gradient
+            from autograd). Default: ``model.no_sync`` for a DDP ``model``, else none.
 
     Returns:
         ``{cfg.tag: loss}`` in execution order (repeated tags get a ``#k`` suffix); the
@@ -127,11 +138,15 @@ def mutual_step(
     """
     if not sub_inputs:
         raise ValueError("sub_inputs is empty: the sampler must return at least the full configuration")
+    if backward is not None and scaler is not None:
+        raise ValueError("pass either scaler or backward (which scales the loss itself), not both")
     optimizer.zero_grad(set_to_none=True)
     first_tensor = _first_tensor(sub_inputs[0][1])
     device_type = "cpu" if first_tensor is None else first_tensor.device.type
     use_amp = amp and device_type == "cuda"
-    is_ddp = isinstance(model, nn.parallel.DistributedDataParallel)
+    if no_sync is None and isinstance(model, nn.parallel.DistributedDataParallel):
+        no_sync = model.no_sync
+    is_ddp = no_sync is not None
     switch_target = _unwrap(model)
 
     losses: dict[str, float] = {}
@@ -139,7 +154,7 @@ def mutual_step(
     last = len(sub_inputs) - 1
     for index, (cfg, inputs) in enumerate(sub_inputs):
         synced = is_ddp and index == last
-        sync = contextlib.nullcontext() if (not is_ddp or synced) else model.no_sync()
+        sync = contextlib.nullcontext() if (not is_ddp or synced) else no_sync()
         switch = contextlib.nullcontext() if cfg is None else use_config(switch_target, cfg)
         # a sliced weight's gradient goes straight into its slice of .grad, except in DDP's
         # synchronised backward, whose reducer needs every parameter's gradient from autograd
@@ -151,7 +166,10 @@ def mutual_step(
                 else:
                     loss = distill(output, teacher, temperature=temperature)
             value = _check_finite(loss, cfg, index, iteration)
-            (scaler.scale(loss) if scaler is not None else loss).backward()
+            if backward is not None:
+                backward(loss)
+            else:
+                (scaler.scale(loss) if scaler is not None else loss).backward()
         if index == 0:
             teacher = teacher_fn(output)
         del output, loss
