@@ -21,35 +21,44 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _cfg(out: str, sync_bn: bool = False) -> dict:
+def _cfg(out: str, sync_bn: bool = False, compile: bool = False) -> dict:
     return default_config(
         model={"_target_": f"{TOY}.create_toy_slimnet", "channels": 8, "num_subnets": 3},
         data={"train": {"_target_": f"{TOY}.toy_clip_dataset", "num_videos": 8},
               "val": {"_target_": f"{TOY}.toy_clip_dataset", "split": "val", "num_videos": 6},
               "batch_size": 2, "num_workers": 0},
         optim={"lr": 0.1, "max_iters": 3, "warmup_iters": 1},
-        train={"checkpoint_period": 2, "progress": False, "tensorboard": False, "device": "cpu", "sync_bn": sync_bn},
+        train={"checkpoint_period": 2, "progress": False, "tensorboard": False, "device": "cpu", "sync_bn": sync_bn,
+               "compile": compile},
         output_dir=out,
     )
 
 
-def _worker(rank: int, world_size: int, port: int, out: str, sync_bn: bool) -> None:
+def _worker(rank: int, world_size: int, port: int, out: str, sync_bn: bool, compile: bool = False) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    from mutualnet_video.engine import Trainer, launch
+    from mutualnet_video.engine import Trainer, compile_slimmable, launch
+    from mutualnet_video.engine import trainer as trainer_module
 
-    cfg = _cfg(out, sync_bn)
+    counter = None
+    if compile:  # dynamo with its eager backend (no inductor build: seconds, not minutes)
+        from torch._dynamo.testing import CompileCounter
+
+        counter = CompileCounter()
+        trainer_module.compile_slimmable = lambda model: compile_slimmable(model, backend=counter)
+    cfg = _cfg(out, sync_bn, compile)
     with launch(cfg):
         trainer = Trainer(cfg)
-        assert isinstance(trainer.train_model, torch.nn.parallel.DistributedDataParallel)
+        ddp = trainer.train_model._orig_mod if compile else trainer.train_model
+        assert isinstance(ddp, torch.nn.parallel.DistributedDataParallel) and ddp.module is trainer.model
         initial = {k: v.clone() for k, v in trainer.model.state_dict().items()}
         metrics = trainer.train()
         shard = trainer.stream._shard(0)
         state = {k: v.clone() for k, v in trainer.model.state_dict().items()}
         final = trainer.final_evaluation()  # calibration + evaluation on each rank's shard, hits summed
-        torch.save({"state": state, "initial": initial, "metrics": metrics, "shard": shard, "final": final},
-                   os.path.join(out, f"rank{rank}.pt"))
+        torch.save({"state": state, "initial": initial, "metrics": metrics, "shard": shard, "final": final,
+                    "graphs": counter.frame_count if counter else 0}, os.path.join(out, f"rank{rank}.pt"))
     assert not torch.distributed.is_initialized()  # launch left the group it joined
 
 
@@ -70,6 +79,27 @@ def test_two_process_gloo_training_keeps_ranks_identical(tmp_path, sync_bn):
     assert r0["final"] == r1["final"] and [r["videos"] for r in r0["final"]] == [6, 6, 6]
     saved = torch.load(tmp_path / "model_final.pth", weights_only=True)
     assert saved["iteration"] == 3 and torch.equal(saved["model"]["proj.weight"], r0["state"]["proj.weight"])
+
+
+@pytest.mark.slow
+def test_two_process_gloo_training_compiled_equals_eager(tmp_path):
+    """train.compile under DDP: the compiled DDP wrapper trains the ranks to the weights the
+    uncompiled run reaches (dynamo with its eager backend: the same operations, regrouped)."""
+    runs = {}
+    for compile in (False, True):
+        out = tmp_path / str(compile)
+        out.mkdir()
+        mp.start_processes(_worker, args=(2, _free_port(), str(out), False, compile), nprocs=2, join=True,
+                           start_method="spawn")
+        runs[compile] = [torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    eager, compiled = runs[False], runs[True]
+    assert compiled[0]["graphs"] >= 2 and eager[0]["graphs"] == 0  # the compiled forward ran, per configuration
+    for key, value in compiled[0]["state"].items():
+        if key.endswith("running_mean") or key.endswith("running_var"):
+            continue  # each rank's own batch statistics
+        assert torch.equal(value, compiled[1]["state"][key]), key
+        torch.testing.assert_close(value, eager[0]["state"][key], rtol=1e-4, atol=1e-5, msg=key)
+    assert not torch.equal(compiled[0]["state"]["proj.weight"], compiled[0]["initial"]["proj.weight"])
 
 
 def _sync_bn_worker(rank: int, world_size: int, port: int, out: str) -> None:

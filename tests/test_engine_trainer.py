@@ -431,15 +431,3 @@ def test_train_compile_runs_the_compiled_forward_and_saves_the_plain_module(tmp_
             assert torch.equal(fresh.state_dict()[key], value), key
         rows = final_evaluation(trainer)
     assert len(rows) == 3 and all(r["calibrated"] for r in rows)
-
-
-def test_train_compile_with_ddp_is_refused_before_training(tmp_path, monkeypatch):
-    """DDP would wrap the plain module and drop the compiled forward: one ConfigError instead."""
-    from mutualnet_video.engine import ConfigError
-    from mutualnet_video.engine import trainer as trainer_module
-
-    monkeypatch.setattr(trainer_module, "get_world_size", lambda: 2)
-    cfg = _cfg(tmp_path, train={"compile": True})
-    with pytest.raises(ConfigError, match=r"train\.compile: true is not supported with DDP yet \(world size 2\)"):
-        _trainer(cfg)
-    assert not (tmp_path / "model_final.pth").exists()

@@ -144,8 +144,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _ddp_worker(rank: int, world_size: int, port: int, out: str) -> None:
+def _ddp_worker(rank: int, world_size: int, port: int, out: str, compiled: bool = False) -> None:
     import torch.distributed as dist
+    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
@@ -157,8 +158,18 @@ def _ddp_worker(rank: int, world_size: int, port: int, out: str) -> None:
         video = torch.randn(4, 3, 4, 32, 32)[rank * 2 : rank * 2 + 2]
         labels = torch.tensor([0, 1, 2, 3])[rank * 2 : rank * 2 + 2]
         sub_inputs = SandwichSampler(get_space(model), generator=torch.Generator().manual_seed(1))(video)
+        syncs = []  # buckets all-reduced: one per bucket for the whole step (no_sync before the last backward)
+
+        def counting_allreduce(state, bucket):
+            syncs.append(bucket.index())
+            return default_hooks.allreduce_hook(None, bucket)
+
+        ddp.register_comm_hook(None, counting_allreduce)
         opt = torch.optim.SGD(ddp.parameters(), lr=0.0)
-        mutual_step(ddp, sub_inputs, labels, criterion=F.cross_entropy, optimizer=opt)
+        # compiled: torch.compile of the DDP wrapper (dynamo's DDPOptimizer), which mutual_step
+        # must see through to find no_sync and the module to switch
+        mutual_step(torch.compile(ddp, backend="eager") if compiled else ddp, sub_inputs, labels,
+                    criterion=F.cross_entropy, optimizer=opt)
         from mutualnet_video.core import distillation_loss
 
         teacher = None
@@ -169,14 +180,19 @@ def _ddp_worker(rank: int, world_size: int, port: int, out: str) -> None:
             if i == 0:
                 teacher = y.detach()
         torch.save({"ddp": {n: p.grad for n, p in model.named_parameters()},
-                    "local": {n: p.grad for n, p in local.named_parameters()}}, os.path.join(out, f"g{rank}.pt"))
+                    "local": {n: p.grad for n, p in local.named_parameters()},
+                    "syncs": torch.tensor(syncs),
+                    "param_bytes": torch.tensor(sum(p.numel() * p.element_size() for p in model.parameters()))},
+                   os.path.join(out, f"g{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
 
-def test_ddp_mutual_step_all_reduces_the_sliced_gradients(tmp_path):
-    """Two gloo ranks: DDP's averaged gradient equals the mean of each rank's own gradient."""
-    mp.start_processes(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True,
+@pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_ddp_mutual_step_all_reduces_the_sliced_gradients(tmp_path, compiled):
+    """Two gloo ranks: DDP's averaged gradient equals the mean of each rank's own gradient,
+    also through ``torch.compile(ddp)`` (about a minute: every configuration compiles)."""
+    mp.start_processes(_ddp_worker, args=(2, _free_port(), str(tmp_path), compiled), nprocs=2, join=True,
                        start_method="spawn")
     g0 = torch.load(tmp_path / "g0.pt", weights_only=True)
     g1 = torch.load(tmp_path / "g1.pt", weights_only=True)
@@ -184,3 +200,7 @@ def test_ddp_mutual_step_all_reduces_the_sliced_gradients(tmp_path):
         expected = (g0["local"][name] + g1["local"][name]) / 2
         torch.testing.assert_close(grad, expected, rtol=1e-5, atol=1e-6, msg=name)
         torch.testing.assert_close(g1["ddp"][name], expected, rtol=1e-5, atol=1e-6, msg=name)
+    # the toy net's parameters fit DDP's first bucket (1 MiB): one all-reduce for the step, not one
+    # per configuration (4 sub-networks)
+    assert int(g0["param_bytes"]) < 2**20
+    assert g0["syncs"].tolist() == [0] and g1["syncs"].tolist() == [0]

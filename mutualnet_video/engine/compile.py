@@ -103,9 +103,12 @@ def compile_slimmable(model: nn.Module, **compile_kwargs: Any) -> nn.Module:
     it; both are process-wide and only ever raised, and the change is logged (INFO). The
     compiled module shares ``model``'s parameters and switches with it
     (:func:`~mutualnet_video.core.use_config` on either); save ``model``'s state dict,
-    whose keys have no ``_orig_mod.`` prefix.
+    whose keys have no ``_orig_mod.`` prefix. ``model`` may be a DDP wrapper (the budget
+    is its module's): compile DDP's wrapper, not the module DDP wraps, or DDP runs the
+    plain forward; :func:`~mutualnet_video.engine.mutual_step` takes the compiled wrapper.
     """
-    budget = graph_budget(model)
+    ddp = isinstance(model, nn.parallel.DistributedDataParallel)
+    budget = graph_budget(model.module if ddp else model)
     config = torch._dynamo.config
     before = (config.recompile_limit, config.accumulated_recompile_limit)
     config.recompile_limit = max(config.recompile_limit, budget.total)

@@ -51,8 +51,15 @@ def _check_finite(loss: torch.Tensor, cfg: SubnetConfig | None, index: int, iter
     return value
 
 
+def _ddp_of(model: nn.Module) -> nn.parallel.DistributedDataParallel | None:
+    """The DDP wrapper ``model`` is, or that ``torch.compile`` wrapped (``_orig_mod``), else None."""
+    inner = getattr(model, "_orig_mod", model) if isinstance(model, torch._dynamo.eval_frame.OptimizedModule) else model
+    return inner if isinstance(inner, nn.parallel.DistributedDataParallel) else None
+
+
 def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    ddp = _ddp_of(model)
+    return model if ddp is None else ddp.module
 
 
 def _first_tensor(value: Any) -> torch.Tensor | None:
@@ -98,7 +105,7 @@ def mutual_step(
     """Run one sandwich-rule iteration and take ONE optimizer step.
 
     Args:
-        model: a slimmable model (or its DDP wrapper). With DDP, gradients are
+        model: a slimmable model, its DDP wrapper or ``torch.compile`` of either. With DDP, gradients are
             accumulated locally (``no_sync``) and all-reduced on the last backward only.
             Slimmed layers add their weight gradients into the active slice of ``.grad``
             (:func:`~mutualnet_video.core.slice_grads`), except in that last backward.
@@ -126,7 +133,8 @@ def mutual_step(
             wrapper ``mutual_step`` does not call itself (Lightning wraps the
             LightningModule: ``trainer.strategy.block_backward_sync``). Every backward but
             the last runs inside it, the last one synchronises (and takes every gradient
-            from autograd). Default: ``model.no_sync`` for a DDP ``model``, else none.
+            from autograd). Default: ``no_sync`` of a DDP ``model``, also of one that
+            ``torch.compile`` wrapped (``torch.compile(ddp)``), else none.
 
     Returns:
         ``{cfg.tag: loss}`` in execution order (repeated tags get a ``#k`` suffix); the
@@ -144,8 +152,8 @@ def mutual_step(
     first_tensor = _first_tensor(sub_inputs[0][1])
     device_type = "cpu" if first_tensor is None else first_tensor.device.type
     use_amp = amp and device_type == "cuda"
-    if no_sync is None and isinstance(model, nn.parallel.DistributedDataParallel):
-        no_sync = model.no_sync
+    if no_sync is None and _ddp_of(model) is not None:
+        no_sync = _ddp_of(model).no_sync
     is_ddp = no_sync is not None
     switch_target = _unwrap(model)
 

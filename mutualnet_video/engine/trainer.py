@@ -223,19 +223,17 @@ class Trainer(TrainerBase):
         if tcfg["sync_bn"]:
             model = convert_sync_bn(model, device)
         train_model: nn.Module = model
-        if tcfg["compile"] and world_size > 1:
-            # DDP wraps `model` below, which would silently drop the compiled forward
-            raise ConfigError(f"train.compile: true is not supported with DDP yet (world size {world_size}); "
-                              "set train.compile: false")
-        if tcfg["compile"]:
-            # only the training forward is compiled: self.model, which checkpoints, calibration and
-            # evaluation use, stays the plain module (state-dict keys without an _orig_mod. prefix)
-            train_model = compile_slimmable(model) if space is not None else torch.compile(model)
         if world_size > 1:
             train_model = nn.parallel.DistributedDataParallel(
                 model, device_ids=[device.index] if device.type == "cuda" else None,
                 find_unused_parameters=tcfg["find_unused_parameters"],
             )
+        if tcfg["compile"]:
+            # only the training forward is compiled, DDP wrapper included (dynamo splits its graphs
+            # at DDP's buckets; mutual_step finds no_sync through the compiled wrapper): self.model,
+            # which checkpoints, calibration and evaluation use, stays the plain module (state-dict
+            # keys without an _orig_mod. prefix)
+            train_model = compile_slimmable(train_model) if space is not None else torch.compile(train_model)
 
         def dataset(split: str) -> Dataset | None:
             return build_dataset(cfg, split, space=space, seed=tcfg["seed"], rank=rank, world_size=world_size)
