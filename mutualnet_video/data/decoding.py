@@ -19,20 +19,36 @@ container's duration and is decoded selectively like an mp4 (PyTorchVideo decode
 of it at open and drops its last frame). Frames are picked by index among those whose
 timestamps fall in the clip window, so a variable frame rate keeps its frames' order.
 
+torchcodec (``SubsampledTorchCodec``): the same frames as pyav's path, by construction.
+PyAV reads the container's header at open (so the same files fail at open, with the same
+reasons) and, at the first ``get_clip``, demuxes the stream's packets once (no decoding) into
+the frame index: the presentation timestamps in order. The clip's frames are those whose
+timestamps fall in the window (PyTorchVideo's ``secs_to_pts`` rule, as pyav's path), the
+kept ones ``keep_indices`` of them; torchcodec is handed that index
+(``custom_frame_mappings``: it does not scan the file again) and decodes and converts only the
+kept frames (``get_frames_at``), whose timestamps are checked against the index. torchcodec
+needs FFmpeg's shared libraries on the system: :func:`torchcodec_problem` says in one line
+what is missing (``kinetics.resolve_decoder`` raises it when the decoder is selected).
+
 Fork safety: a decoder alive in the main process when DataLoader workers fork, and freed
 in a worker, hangs that worker if it runs threads (FFmpeg joins threads the fork does not
-have). ``SubsampledPyAV`` decodes on one thread, so it has none; decord always runs a
-decoding thread (a decord reader freed in a forked worker crashes or hangs it): close and
-drop decord readers before a DataLoader starts its workers (the datasets do, after each video).
+have). ``SubsampledPyAV`` and ``SubsampledTorchCodec`` decode on one thread, so they have
+none; decord always runs a decoding thread (a decord reader freed in a forked worker crashes
+or hangs it): close and drop decord readers before a DataLoader starts its workers (the
+datasets do, after each video).
 """
 
 from __future__ import annotations
 
+import bisect
+import ctypes.util
 import functools
 import io
+import json
 import math
 import os
 import pathlib
+import re
 from fractions import Fraction
 
 import av
@@ -45,8 +61,8 @@ from pytorchvideo.data.video import Video, VideoPathHandler
 
 from ..core import subsample_frames
 
-__all__ = ["FAILURE_REASONS", "VideoReadError", "SubsampledPyAV", "subsampled_decord_class", "open_video",
-           "keep_indices"]
+__all__ = ["FAILURE_REASONS", "VideoReadError", "SubsampledPyAV", "SubsampledTorchCodec", "subsampled_decord_class",
+           "open_video", "keep_indices", "torchcodec_problem"]
 
 #: Why a video was skipped (the keys of ``VideoDataset.stats["failed_by_reason"]``):
 #: ``missing`` (no such file), ``empty_file`` (zero bytes), ``unreadable`` (not a container
@@ -140,6 +156,134 @@ class SubsampledPyAV(EncodedVideoPyAV):
         return {"video": _to_cthw_float(np.stack(arrays)), "audio": None}
 
 
+#: How to install the FFmpeg shared libraries torchcodec loads (Debian/Ubuntu, as root).
+TORCHCODEC_INSTALL = "apt-get install -y --no-install-recommends ffmpeg"
+
+
+@functools.cache
+def torchcodec_problem() -> str | None:
+    """``None`` if torchcodec decodes here, else one line saying why not and what to do
+    (torchcodec importable but no FFmpeg shared libraries it can load, or a torchcodec
+    that cannot load them). Raises ImportError if torchcodec is not installed."""
+    import torchcodec
+
+    if getattr(torchcodec, "ffmpeg_major_version", None) is not None:
+        return None
+    version = getattr(torchcodec, "__version__", "?").split("+")[0]
+    folder = pathlib.Path(torchcodec.__file__).parent
+    majors = sorted(int(m.group(1)) for f in folder.glob("libtorchcodec_core*.so*")
+                    if (m := re.match(r"libtorchcodec_core(\d+)\.", f.name)))
+    supported = f"{majors[0]}-{majors[-1]}" if majors else "4-9"
+    found = ctypes.util.find_library("avcodec")
+    if found is None:
+        return (f"torchcodec {version} needs the FFmpeg {supported} shared libraries (libavcodec, libavformat, "
+                f"...), none found: install them (`{TORCHCODEC_INSTALL}`) or set decoder: pyav")
+    return (f"torchcodec {version} cannot load its FFmpeg libraries although {found} is installed (it supports "
+            f"FFmpeg {supported}, built for torch versions its compatibility table lists; torch is "
+            f"{torch.__version__}): install a matching FFmpeg or torchcodec, or set decoder: pyav")
+
+
+class SubsampledTorchCodec(Video):
+    """torchcodec's ``VideoDecoder`` over pyav's frame index: ``get_clip`` returns
+    ``num_frames`` uniformly picked frames of the window (all its frames for ``None``),
+    the frames ``SubsampledPyAV.get_clip`` returns (see the module docstring).
+
+    ``data``: the file's bytes. Raises :class:`VideoReadError` (``unreadable``,
+    ``no_video_stream``) at open, as ``SubsampledPyAV`` does; ``get_clip`` lets errors of
+    the demuxer or decoder through (counted as ``decode_error``).
+    """
+
+    def __init__(self, data: bytes, video_name: str | None = None, *, num_frames: int | None) -> None:
+        self._name, self._data, self.num_frames = video_name, data, num_frames
+        self._decoder = None
+        self._pts: list[int] | None = None  # presentation timestamps, sorted (the frame index)
+        try:
+            self._container = av.open(io.BytesIO(data))
+        except Exception as e:
+            raise VideoReadError("unreadable", f"cannot open {video_name} as a video container: {e}") from e
+        try:
+            if not self._container.streams.video:
+                kinds = sorted({s.type for s in self._container.streams}) or ["no streams"]
+                raise VideoReadError("no_video_stream", f"{video_name} has no video stream ({', '.join(kinds)})")
+            stream = self._container.streams.video[0]
+            self._time_base = stream.time_base
+            self._start_pts = stream.start_time or 0
+            if stream.duration is not None:
+                self._duration = (stream.duration - self._start_pts) * self._time_base
+            elif self._container.duration is not None:
+                self._duration = Fraction(self._container.duration, av.time_base)
+            else:  # no duration anywhere: pyav's path decodes it all and takes its last frame's time
+                self._index()
+                if not self._pts:
+                    raise VideoReadError("decode_error", f"no frame of {video_name} could be decoded")
+                self._duration = (self._pts[-1] - self._start_pts) * self._time_base
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def name(self) -> str | None:
+        return self._name
+
+    @property
+    def duration(self) -> Fraction:
+        return self._duration
+
+    def _index(self) -> None:
+        """Demux the packets (PyAV, no decoding): the frame index and torchcodec's decoder."""
+        if self._pts is not None:
+            return
+        stream = self._container.streams.video[0]
+        packets = []
+        for packet in self._container.demux(stream):
+            if packet.size == 0:  # the demuxer's final flush packet
+                continue
+            if packet.pts is None:
+                raise RuntimeError(f"{self._name} has video packets without timestamps (use decoder pyav)")
+            packets.append((packet.pts, packet.duration or 0, bool(packet.is_keyframe)))
+        self._container.close()
+        self._container = None
+        packets.sort()
+        self._pts = [p[0] for p in packets]
+        if not packets:
+            return
+        steps = [b - a for a, b in zip(self._pts, self._pts[1:])]
+        fill = steps[-1] if steps else 1
+        frames = [{"pts": pts, "duration": duration or (steps[i] if i < len(steps) else fill) or 1,
+                   "key_frame": int(key)} for i, (pts, duration, key) in enumerate(packets)]
+        from torchcodec.decoders import VideoDecoder
+
+        # One FFmpeg thread: no decoder thread for a forked DataLoader worker to join.
+        self._decoder = VideoDecoder(self._data, dimension_order="NHWC", num_ffmpeg_threads=1,
+                                     custom_frame_mappings=json.dumps({"frames": frames}))
+
+    def get_clip(self, start_sec: float, end_sec: float) -> dict[str, torch.Tensor | None]:
+        self._index()
+        start_pts = secs_to_pts(start_sec, self._time_base, self._start_pts, round_mode="ceil")
+        end_pts = secs_to_pts(end_sec, self._time_base, self._start_pts, round_mode="ceil")
+        first, stop = bisect.bisect_left(self._pts, start_pts), bisect.bisect_left(self._pts, end_pts)
+        if stop <= first:
+            return {"video": None, "audio": None}
+        picks = list(range(first, stop)) if self.num_frames is None else [
+            first + i for i in keep_indices(stop - first, self.num_frames)]
+        unique = sorted(set(picks))
+        batch = self._decoder.get_frames_at(unique)
+        expected = torch.tensor([self._pts[i] for i in unique], dtype=torch.float64) * float(self._time_base)
+        if not torch.allclose(batch.pts_seconds.to(torch.float64), expected, rtol=0, atol=1e-6):
+            raise RuntimeError(f"torchcodec returned the frames at {batch.pts_seconds.tolist()} s of {self._name}, "
+                               f"expected {expected.tolist()}")
+        frames = batch.data
+        if len(unique) != len(picks):
+            frames = frames[torch.tensor([unique.index(i) for i in picks])]
+        return {"video": _to_cthw_float(frames), "audio": None}
+
+    def close(self) -> None:
+        if self._container is not None:
+            self._container.close()
+            self._container = None
+        self._decoder = None
+
+
 @functools.cache
 def subsampled_decord_class() -> type:
     """``SubsampledDecord`` (built on first use: decord is optional)."""
@@ -175,14 +319,19 @@ def open_video(path: str, *, decoder: str = "pyav", num_frames: int | None = Non
     With ``num_frames``, an encoded video's ``get_clip`` returns that many frames picked
     uniformly over the clip (see the module docstring); otherwise PyTorchVideo's classes.
 
+    ``decoder="torchcodec"`` reads files with :class:`SubsampledTorchCodec` (every frame of
+    the clip for ``num_frames=None``) and frame folders as pyav does.
+
     Raises :class:`VideoReadError` (``missing``, ``empty_file``, ``unreadable``,
     ``no_video_stream``) for a video that cannot be opened; ValueError for an unknown decoder.
     """
-    if decoder not in ("pyav", "decord"):
+    if decoder not in ("pyav", "decord", "torchcodec"):
         raise ValueError(f"unknown video decoder {decoder!r}")
     if not os.path.exists(path):
         raise VideoReadError("missing", f"{path} does not exist")
-    if num_frames is None or os.path.isdir(path):
+    if decoder == "torchcodec" and os.path.isdir(path):
+        decoder = "pyav"  # PyTorchVideo's FrameVideo: no decoder involved
+    if (num_frames is None and decoder != "torchcodec") or os.path.isdir(path):
         try:
             video = VideoPathHandler().video_from_path(path, decode_audio=False, decoder=decoder)
         except Exception as e:
@@ -202,6 +351,8 @@ def open_video(path: str, *, decoder: str = "pyav", num_frames: int | None = Non
     name = pathlib.Path(path).name
     if decoder == "pyav":
         return SubsampledPyAV(io.BytesIO(data), name, num_frames=num_frames)
+    if decoder == "torchcodec":
+        return SubsampledTorchCodec(data, name, num_frames=num_frames)
     try:
         return subsampled_decord_class()(io.BytesIO(data), name, num_frames=num_frames)
     except Exception as e:

@@ -19,7 +19,7 @@ in one line); the multi-view clip sampler reaches the end of each video; and vid
 sharded over ranks as well as DataLoader workers, without padding or duplicates. A
 malformed CSV raises before any decoding, naming file and line.
 
-Videos as they come (pyav decoder; the tests write each kind):
+Videos as they come (pyav decoder, and torchcodec alike; the tests write each kind):
 
 * shorter than the clip (or than ``T_full`` frames): the clip holds the frames there are,
   and the frame subsample repeats them up to ``T_full`` (indices
@@ -55,7 +55,7 @@ from pytorchvideo.transforms.functional import short_side_scale, uniform_crop, u
 
 from ..core import ConfigSpace
 from ..core.inputs import KINETICS_MEAN, KINETICS_STD
-from .decoding import FAILURE_REASONS, VideoReadError, open_video
+from .decoding import FAILURE_REASONS, VideoReadError, open_video, torchcodec_problem
 from .sampling import ConstantClipsPerVideoSampler, FullVideoClipSampler, ShardedVideoSampler
 
 __all__ = [
@@ -76,7 +76,7 @@ logger = logging.getLogger(__name__)
 
 #: decoder key -> the module it needs. PyTorchVideo's "torchvision" decoder is broken
 #: with torchvision >= 0.16 (REFERENCE section 3) and is not offered.
-DECODERS: dict[str, str] = {"pyav": "av", "decord": "decord"}
+DECODERS: dict[str, str] = {"pyav": "av", "decord": "decord", "torchcodec": "torchcodec"}
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov")
 SPLITS = ("train", "val", "test")
 DEFAULT_MAX_FAILED_FRACTION = 0.1
@@ -103,7 +103,10 @@ class DataLoadError(RuntimeError):
 def resolve_decoder(decoder: str) -> str:
     """The decoder to use for ``decoder``: itself if importable, else ``"pyav"`` with a warning.
 
-    Raises ValueError naming an unknown decoder.
+    Raises ValueError naming an unknown decoder, and (in one line starting ``decoder:``, so
+    that a config names its key) for torchcodec installed without FFmpeg shared libraries it
+    can load: selecting it fails before any training, with the install line
+    (:func:`~mutualnet_video.data.decoding.torchcodec_problem`).
     """
     if decoder not in DECODERS:
         hint = " (PyTorchVideo's torchvision decoder is broken with current torchvision)" if decoder == "torchvision" else ""
@@ -117,6 +120,8 @@ def resolve_decoder(decoder: str) -> str:
                       RuntimeWarning, stacklevel=2)
         importlib.import_module(DECODERS["pyav"])
         return "pyav"
+    if decoder == "torchcodec" and (problem := torchcodec_problem()) is not None:
+        raise ValueError(f"decoder: {problem}")
     return decoder
 
 
@@ -587,8 +592,10 @@ def kinetics_dataset(
             the whole video x ``spatial_crops`` (1 or 3) crops; one sample per view).
         space: the model's ConfigSpace; samples are ``(C, T_full, S, S)`` with
             ``T_full = full().frames * (slowfast_alpha or 1)``, ``S = full().crop``.
-        decoder: ``"pyav"`` or ``"decord"`` (falls back to pyav with a warning if not
-            importable; anything else raises).
+        decoder: ``"pyav"``, ``"decord"`` or ``"torchcodec"`` (falls back to pyav with a
+            warning if not importable; anything else raises, and so does torchcodec without
+            the FFmpeg shared libraries it loads, see :func:`resolve_decoder`). All three give
+            the same frames of a clip (torchcodec and pyav: tests/test_torchcodec.py).
         video_path_prefix: joined to relative CSV paths (default: the CSV's folder).
         clip_duration: seconds per clip; ``None`` = the whole video (e.g. the synthetic
             set). Required for ``split="test"`` with ``temporal_clips > 1``.
