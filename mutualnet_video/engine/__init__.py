@@ -17,6 +17,7 @@ from .hooks import (
     NanGuard,
     PeriodicCheckpointer,
     PeriodicValidation,
+    RankDump,
 )
 from .launch import launch, seed_everything
 from .mutual import SandwichSampler, SingleSampler, mutual_step
@@ -39,6 +40,7 @@ __all__ = [
     "PeriodicValidation",
     "NanGuard",
     "FinalEvaluation",
+    "RankDump",
     "final_evaluation",
     "launch",
     "seed_everything",

@@ -18,6 +18,9 @@ raises (a hook may raise a more informative error instead); ``after_train`` alwa
 
 :class:`FinalEvaluation` (BN calibration per configuration, then the final table or the
 task's scores) is added by ``tools/train_net.py`` and the 2D projects' ``run_project``.
+:class:`RankDump` (every rank's final weights and the samples it trained on, to check a
+multi-process run) is added when the environment variable ``MUTUALNET_VIDEO_RANK_DUMP``
+names a folder.
 These hooks read the :class:`~mutualnet_video.engine.trainer.Trainer`'s writer,
 checkpointer, stream and validation; a hook for a bare ``TrainerBase`` uses only the loop's
 attributes (``iteration``, ``max_iters``, ``step_losses``, ``step_terms``, timings).
@@ -26,16 +29,23 @@ attributes (``iteration``, ``max_iters``, ``step_losses``, ``step_terms``, timin
 from __future__ import annotations
 
 import logging
+import os
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
+
+from ..io import atomic_path
 
 if TYPE_CHECKING:
     from ..core import SubnetConfig
     from .trainer import Trainer
 
 __all__ = ["HookBase", "MetricsLogger", "DataStats", "PeriodicCheckpointer", "PeriodicValidation", "NanGuard",
-           "FinalEvaluation"]
+           "FinalEvaluation", "RankDump", "RANK_DUMP_ENV"]
+
+#: Environment variable: a folder where every rank writes ``rank<RANK>.pt`` (:class:`RankDump`).
+RANK_DUMP_ENV = "MUTUALNET_VIDEO_RANK_DUMP"
 
 logger = logging.getLogger(__name__)
 
@@ -223,3 +233,40 @@ class FinalEvaluation(HookBase):
         t = self.trainer
         if t.iteration >= t.max_iters and not t.failed:
             t.final_rows = final_evaluation(t, configs=self.configs)
+
+
+class RankDump(HookBase):
+    """A debugging aid for multi-process runs: at the end of training every rank writes
+    ``<folder>/rank<RANK>.pt`` (``torch.load(..., weights_only=True)``-able)::
+
+        {"rank", "world_size", "iteration": int,
+         "env": {name: str},                  # torchrun's RANK, LOCAL_RANK, GROUP_RANK, ... as set
+         "model": state_dict,                 # this rank's weights (compare them across ranks)
+         "indices": {epoch: [int, ...]}}      # the samples of its batches (BatchStream.record_indices)
+
+    Registered by :meth:`~mutualnet_video.engine.trainer.Trainer.build_hooks` when the
+    environment variable ``MUTUALNET_VIDEO_RANK_DUMP`` names the folder (created if needed);
+    it costs nothing otherwise. Written whether or not the run finished (``iteration`` says).
+    """
+
+    ENV_KEYS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
+                "ROLE_RANK", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+        self._indices: dict[int, list[int]] = {}
+
+    def before_train(self) -> None:
+        self._indices = self.trainer.stream.record_indices()
+
+    def after_train(self) -> None:
+        t = self.trainer
+        os.makedirs(self.folder, exist_ok=True)
+        state = {
+            "rank": t.rank, "world_size": t.world_size, "iteration": t.iteration,
+            "env": {k: os.environ[k] for k in self.ENV_KEYS if k in os.environ},
+            "model": {k: v.detach().cpu().clone() for k, v in t.model.state_dict().items()},
+            "indices": {int(e): list(v) for e, v in self._indices.items()},
+        }
+        with atomic_path(os.path.join(self.folder, f"rank{t.rank}.pt")) as tmp:
+            torch.save(state, tmp)

@@ -63,6 +63,9 @@ class BatchStream:
     position is reached by skipping indices. Iterable datasets: sharded by the dataset
     itself (rank/world_size given to its builder), ``set_epoch(epoch)`` if it has one; a
     position is reached by replaying batches.
+
+    :meth:`record_indices` (off by default) keeps, per epoch, the indices of the samples in
+    the batches this stream yields (see ``RankDump`` in :mod:`~mutualnet_video.engine.hooks`).
     """
 
     def __init__(self, dataset: Dataset, *, batch_size: int, num_workers: int, drop_last: bool, seed: int,
@@ -76,6 +79,27 @@ class BatchStream:
         self.batch_in_epoch = 0
         self.epoch_rng: dict | None = None  # global RNG states when this epoch's iterator was made
         self._iter: Iterator | None = None
+        self.indices: dict[int, list[int]] | None = None  # record_indices()
+
+    def record_indices(self) -> dict[int, list[int]]:
+        """From now on, record the samples of every batch yielded: ``{epoch: [index, ...]}``
+        (updated in place and returned). Map-style datasets: the dataset indices; iterable
+        ones: the batch's ``video_index`` entries (``mutualnet_video.data.VideoDataset``: one per
+        clip/view), nothing for batches without one. Batches dropped by ``drop_last`` and
+        samples a DataLoader read ahead are not recorded."""
+        if self.indices is None:
+            self.indices = {}
+        return self.indices
+
+    def _record(self, batch: Any) -> None:
+        if self.map_style:
+            start = self.batch_in_epoch * self.batch_size
+            indices = self._shard(self.epoch)[start : start + self.batch_size]
+        elif isinstance(batch, Mapping) and "video_index" in batch:
+            indices = torch.as_tensor(batch["video_index"]).flatten().tolist()
+        else:
+            return
+        self.indices.setdefault(self.epoch, []).extend(int(i) for i in indices)
 
     # -- epoch layout -----------------------------------------------------------------
     def _generator(self, epoch: int) -> torch.Generator:
@@ -130,6 +154,8 @@ class BatchStream:
                     break
                 self.seek(self.epoch + 1, 0)
                 continue
+            if self.indices is not None:
+                self._record(batch)
             self.batch_in_epoch += 1
             return batch
         raise RuntimeError(

@@ -54,7 +54,16 @@ from ..io import atomic_write_text
 from .compile import compile_slimmable
 from .config import ConfigError, build_dataset, build_model, dump_config, instantiate
 from .distributed import all_reduce_sum, convert_sync_bn, get_rank, get_world_size, resolve_device
-from .hooks import DataStats, HookBase, MetricsLogger, NanGuard, PeriodicCheckpointer, PeriodicValidation
+from .hooks import (
+    RANK_DUMP_ENV,
+    DataStats,
+    HookBase,
+    MetricsLogger,
+    NanGuard,
+    PeriodicCheckpointer,
+    PeriodicValidation,
+    RankDump,
+)
 from .launch import check_writable
 from .metrics import MetricsWriter
 from .mutual import SandwichSampler, SingleSampler, mutual_step
@@ -288,14 +297,17 @@ class Trainer(TrainerBase):
         self.register_hooks(self.build_hooks())
 
     def build_hooks(self) -> list[HookBase]:
-        """The default hooks (see :mod:`mutualnet_video.engine.hooks`); override to change them."""
+        """The default hooks (see :mod:`mutualnet_video.engine.hooks`; :class:`RankDump` if the
+        environment variable ``MUTUALNET_VIDEO_RANK_DUMP`` is set); override to change them."""
         tcfg = self.cfg["train"]
+        dump = os.environ.get(RANK_DUMP_ENV)
         return [
             MetricsLogger(tcfg["log_period"], progress=tcfg["progress"]),
             DataStats(tcfg["log_period"]),
             PeriodicCheckpointer(tcfg["checkpoint_period"]),
             PeriodicValidation(tcfg["eval_period"]) if self.val_dataset is not None and self.task.logits else None,
             NanGuard(),
+            RankDump(dump) if dump else None,
         ]
 
     # -- checkpoints ------------------------------------------------------------------------
