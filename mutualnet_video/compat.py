@@ -13,16 +13,39 @@ The other traps of 0.1.5 are handled where they bite, not patched globally:
 ``head_activation=None``), fixed-kernel head pools (our models pool adaptively),
 ``ConstantClipsPerVideoSampler``'s spacing (``mutualnet_video.data``) and the silent
 empty ``LabeledVideoDataset`` (``mutualnet_video.data`` counts decode failures).
+
+``python -m mutualnet_video.compat`` prints the versions of Python and of the packages this
+project works with (:data:`PACKAGES`, read from the installed distributions' metadata, none
+imported) as the README's compatibility table; ``--json`` prints them as JSON.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
+import platform
 import sys
 
-__all__ = ["apply", "FUNCTIONAL_TENSOR"]
+__all__ = ["apply", "FUNCTIONAL_TENSOR", "PACKAGES", "package_versions", "versions_table"]
 
 FUNCTIONAL_TENSOR = "torchvision.transforms.functional_tensor"
+
+#: The distributions of the compatibility table: (name on PyPI, what it is used for here).
+PACKAGES = (
+    ("torch", "required"),
+    ("torchvision", "required"),
+    ("pytorchvideo", "required"),
+    ("fvcore", "required (FLOPs, checkpoints)"),
+    ("iopath", "required (file I/O)"),
+    ("numpy", "required"),
+    ("av", "decoder: pyav (default)"),
+    ("decord", "decoder: decord (required on x86_64)"),
+    ("torchcodec", "decoder: torchcodec (extra [torchcodec])"),
+    ("lightning", "integration (extra [lightning])"),
+    ("hydra-core", "configs (extra [hydra])"),
+    ("omegaconf", "configs (with hydra-core)"),
+    ("onnxruntime", "ONNX export check (extra [export])"),
+)
 
 
 def apply() -> None:
@@ -36,3 +59,45 @@ def apply() -> None:
             except ImportError:  # torchvision absent: nothing to alias
                 return
             sys.modules[FUNCTIONAL_TENSOR] = module
+
+
+def package_versions() -> dict[str, str | None]:
+    """``{"python": ..., name: version or None (not installed)}`` for :data:`PACKAGES`."""
+    found: dict[str, str | None] = {"python": platform.python_version()}
+    for name, _ in PACKAGES:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def versions_table(versions: dict[str, str | None] | None = None) -> str:
+    """A Markdown table of :func:`package_versions` (``versions``: given instead)."""
+    versions = package_versions() if versions is None else versions
+    uses = dict(PACKAGES, python="")
+    rows = ["| package | version | used for |", "|---|---|---|"]
+    rows += [f"| {name} | {version or 'not installed'} | {uses.get(name, '')} |" for name, version in versions.items()]
+    return "\n".join(rows)
+
+
+def _main(argv: list[str] | None = None) -> int:
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(prog="python -m mutualnet_video.compat",
+                                     description="Print the versions of Python and of the packages of the "
+                                                 "README's compatibility table.")
+    parser.add_argument("--json", action="store_true", help="a JSON object instead of a Markdown table")
+    args = parser.parse_args(argv)
+    versions = package_versions()
+    if args.json:
+        print(json.dumps({**versions, "platform": platform.platform()}, indent=1))
+    else:
+        print(f"{platform.platform()}, {platform.machine()}\n")
+        print(versions_table(versions))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main())

@@ -125,3 +125,17 @@ def test_hard_coded_nn_layers_are_all_converted():
         assert not plain, f"{family}: {plain}"
     se = [m for m in models["x3d"].modules() if type(m).__name__ == "SqueezeExcitation"]
     assert se and all(isinstance(c, SlimmableModule) for m in se for c in m.block if isinstance(c, nn.Conv3d))
+
+
+def test_versions_table_reads_the_installed_distributions(capsys):
+    import importlib.metadata
+    import platform
+
+    assert compat._main(["--json"]) == 0
+    versions = json.loads(capsys.readouterr().out)
+    assert versions["python"] == platform.python_version()
+    assert versions["torch"] == importlib.metadata.version("torch") and torch.__version__.startswith(versions["torch"])
+    assert [name for name, _ in compat.PACKAGES] == [k for k in versions if k not in ("python", "platform")]
+    table = compat.versions_table({"python": "3.11.7", "torch": "2.14.1", "decord": None}).splitlines()
+    assert table[2:] == ["| python | 3.11.7 |  |", "| torch | 2.14.1 | required |",
+                         "| decord | not installed | decoder: decord (required on x86_64) |"]
