@@ -180,7 +180,8 @@ def main() -> None:
     parser.add_argument("--root", default=None, help="synthetic dataset folder (default: a temp dir)")
     parser.add_argument("--videos", type=int, default=8, help="videos per pass (synthetic)")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--decoder", default="pyav", choices=("pyav", "decord", "torchcodec"))
+    # the stock PyTorchVideo pipeline knows pyav and decord only (torchcodec: --compare-decoders)
+    parser.add_argument("--decoder", default="pyav", choices=("pyav", "decord"))
     parser.add_argument("--compare-decoders", action="store_true",
                         help="time pyav, decord and torchcodec per decoded clip instead (see above)")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
