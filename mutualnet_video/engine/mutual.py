@@ -121,7 +121,8 @@ def mutual_step(
         scaler: a CUDA ``GradScaler`` (AMP); ``None`` on the CPU.
         clip_grad_norm: clip the summed gradients to this total norm (after unscaling).
         temperature: distillation temperature (1 in the paper).
-        amp: run the forwards under ``torch.autocast`` (only effective on CUDA inputs).
+        amp: run the forwards under ``torch.autocast`` (only effective on CUDA inputs);
+            ``False`` keeps the autocast state of the caller.
         iteration: used in error messages only.
         teacher_fn: turns the full configuration's output into the teacher handed to
             ``distill`` (default: the output detached, also a dict such as segmentation
@@ -167,7 +168,8 @@ def mutual_step(
         # a sliced weight's gradient goes straight into its slice of .grad, except in DDP's
         # synchronised backward, whose reducer needs every parameter's gradient from autograd
         with sync, switch, slice_grads(not synced):
-            with torch.autocast(device_type=device_type, enabled=use_amp):
+            # amp=False leaves an enclosing autocast on (Lightning's precision plugin wraps the step)
+            with torch.autocast(device_type=device_type) if use_amp else contextlib.nullcontext():
                 output = model(inputs)
                 if index == 0:
                     loss = criterion(output, targets)
