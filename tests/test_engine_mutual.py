@@ -287,3 +287,29 @@ def test_compile_slimmable_one_graph_per_configuration_beyond_the_recompile_limi
 
     counts, breaks, _ = _compile_counts(model, train)
     assert 0 < counts[0] == counts[1] <= budget.train and breaks == 0
+
+
+def test_compiled_slowfast_toy_has_no_graph_break_at_its_concatenations():
+    """The toy SlowFast (fusion concatenation: convs and the classifier take ``in_splits``)
+    compiles in one graph per configuration, training with backward, outputs equal to eager:
+    the in_splits index is built in the graph without a graph break (a ``torch._check``
+    message closure broke it, and dynamo then ran the network block by block)."""
+    from mutualnet_video.testing import toy_slowfast
+
+    torch.manual_seed(0)
+    model = toy_slowfast().train()
+    space = get_space(model)
+    clip = torch.randn(2, 3, max(space.frames) * 4, 32, 32)
+    configs = [SubnetConfig(1.0, max(space.frames), 32), SubnetConfig(0.5, max(space.frames), 32)]
+
+    def run(compiled):
+        for cfg in configs:
+            x = space.model_input(clip, cfg)
+            with use_config(model, cfg):
+                out = compiled([t.clone() for t in x])
+                out.sum().backward()
+                with torch.no_grad():
+                    torch.testing.assert_close(out.detach(), model([t.clone() for t in x]), rtol=1e-5, atol=1e-5)
+
+    counts, breaks, _ = _compile_counts(model, run)
+    assert counts == [2, 2] and breaks == 0

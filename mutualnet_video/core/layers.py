@@ -286,33 +286,27 @@ class _SlimWeightMixin(SlimmableModule):
         return state
 
     def _split_index(self, in_active: int) -> torch.Tensor | None:
-        """Indices of the active inputs when the input is a concatenation, else None."""
+        """Indices of the active inputs when the input is a concatenation, else None (kept
+        per ``(width, in_active)``; built in the graph inside a compiled region)."""
         if self._in_splits is None:
             return None
-        if torch.compiler.is_compiling():  # no cache: built in the graph, from the channel counts
-            parts, offset = [], 0
-            for (channels, _), active in zip(self._in_splits, self._state()[3]):
-                parts.append(torch.arange(offset, offset + active, device=self.weight.device))
-                offset += channels
-            index = torch.cat(parts)
-            torch._check(index.numel() == in_active, lambda: (
-                f"{type(self).__name__}: input has {in_active} channels but in_splits "
-                f"{self._in_splits} expect {index.numel()} at this configuration"))
-            return index
+        compiling = torch.compiler.is_compiling()
         key = (self.width, in_active)
-        index = self._index_cache.get(key)
-        if index is None:
-            parts, offset = [], 0
-            for channels, slim in self._in_splits:
-                active = scale_channels(channels, self.width) if slim else channels
-                parts.append(torch.arange(offset, offset + active))
-                offset += channels
-            index = torch.cat(parts)
-            if index.numel() != in_active:
-                raise RuntimeError(
-                    f"{type(self).__name__}: input has {in_active} channels but in_splits "
-                    f"{self._in_splits} at width {self.width:g} expect {index.numel()}"
-                )
+        if not compiling and key in self._index_cache:
+            return self._index_cache[key]
+        active_parts = self._state()[3]
+        expected = sum(active_parts)
+        if in_active != expected:  # plain ints: no graph break (a torch._check message closure breaks the graph)
+            raise RuntimeError(
+                f"{type(self).__name__}: input has {in_active} channels but in_splits "
+                f"{self._in_splits} at width {self.width:g} expect {expected}"
+            )
+        parts, offset = [], 0
+        for (channels, _), active in zip(self._in_splits, active_parts):
+            parts.append(torch.arange(offset, offset + active, device=self.weight.device))
+            offset += channels
+        index = torch.cat(parts)
+        if not compiling:
             self._index_cache[key] = index
         return index
 
@@ -350,7 +344,7 @@ class _SlimWeightMixin(SlimmableModule):
         out_active = in_active if depthwise else self._state()[2]
         full = self.weight
         index = None if depthwise else self._split_index(in_active)
-        if index is not None and index.device != full.device:
+        if index is not None and index.device != full.device:  # the weight moved since the index was kept
             index = index.to(full.device)
             self._index_cache[(self.width, in_active)] = index
         in_sliced = None if depthwise or index is not None or in_active == full.shape[1] else in_active
