@@ -13,13 +13,17 @@ try:
     import mutualnet_video  # noqa: F401  (installed? else from the source checkout below)
 except ImportError:  # running from a source checkout without `pip install -e .`
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from mutualnet_video.engine.cli import ArgumentParser, run_tool
+from mutualnet_video.console import quiet_imports
+
+with quiet_imports():  # fvcore / pytorchvideo's import-time torch.jit deprecation warnings
+    from mutualnet_video.engine.cli import ArgumentParser, run_tool, setup_logging
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mutualnet_video.core import SubnetConfig, get_space
-    from mutualnet_video.evaluation import count_flops, count_params
-    from mutualnet_video.models import create_model, list_models
+    with quiet_imports():
+        from mutualnet_video.core import SubnetConfig, get_space
+        from mutualnet_video.evaluation import count_flops, count_params
+        from mutualnet_video.models import create_model, list_models
 
     parser = ArgumentParser(prog="analyze_model", description="FLOPs (multiply-adds) and parameters per configuration")
     parser.add_argument("--model", required=True, choices=list_models())
@@ -28,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--crops", type=int, nargs="+", help="default: the space's crops")
     parser.add_argument("--num-classes", type=int, default=400)
     args = parser.parse_args(argv)
+    setup_logging(quiet=args.quiet)
 
     def work() -> int:
         model = create_model(args.model, model_num_class=args.num_classes)

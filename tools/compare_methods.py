@@ -16,17 +16,17 @@ import logging
 import os
 import shlex
 import sys
-import warnings
 
 try:
     import mutualnet_video  # noqa: F401  (installed? else from the source checkout below)
 except ImportError:  # running from a source checkout without `pip install -e .`
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import mutualnet_video  # noqa: F401
-with warnings.catch_warnings():  # fvcore's import-time torch.jit deprecation notices: keep stderr for errors
-    warnings.simplefilter("ignore", FutureWarning)
+from mutualnet_video.console import quiet_imports
+
+with quiet_imports():  # fvcore / pytorchvideo's import-time torch.jit deprecation warnings
     from mutualnet_video.engine import launch, load_config
-    from mutualnet_video.engine.cli import ArgumentParser, run_tool
+    from mutualnet_video.engine.cli import ArgumentParser, run_tool, setup_logging
     from mutualnet_video.engine.compare import (
         BUDGETS,
         METHODS,
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--verbose", action="store_true", help="keep the trainer's own per-iteration log lines")
     parser.add_argument("overrides", nargs="*", help="key.sub=value overrides (values parsed as YAML)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(quiet=args.quiet)
     if not args.verbose:
         for name in ("mutualnet_video.engine.trainer", "mutualnet_video.engine.hooks", "fvcore.common.checkpoint"):
             logging.getLogger(name).setLevel(logging.WARNING)

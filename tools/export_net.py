@@ -21,10 +21,12 @@ try:
 except ImportError:  # running from a source checkout without `pip install -e .`
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import mutualnet_video  # noqa: F401
+from mutualnet_video.console import quiet_imports
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mutualnet_video.engine.cli import ArgumentParser, run_tool
+    with quiet_imports():  # fvcore / pytorchvideo's import-time torch.jit deprecation warnings
+        from mutualnet_video.engine.cli import ArgumentParser, run_tool, setup_logging
 
     p = ArgumentParser(prog="export_net", description=__doc__)
     p.add_argument("--config", required=True)
@@ -39,11 +41,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("opts", nargs="*", help="config overrides key.sub=value")
     args = p.parse_args(argv)
+    setup_logging(quiet=args.quiet)
 
-    from mutualnet_video.core import SubnetConfig
-    from mutualnet_video.engine.config import load_config
-    from mutualnet_video.engine.inference import load_model
-    from mutualnet_video.export import bn_fold_pairs, example_inputs, export_onnx, export_subnet, export_torchscript
+    with quiet_imports():
+        from mutualnet_video.core import SubnetConfig
+        from mutualnet_video.engine.config import load_config
+        from mutualnet_video.engine.inference import load_model
+        from mutualnet_video.export import (
+            bn_fold_pairs,
+            example_inputs,
+            export_onnx,
+            export_subnet,
+            export_torchscript,
+        )
 
     def work() -> int:
         model, space, _ = load_model(load_config(args.config, args.opts), args.checkpoint)

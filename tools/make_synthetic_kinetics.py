@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 
@@ -15,12 +14,16 @@ try:
     import mutualnet_video  # noqa: F401  (installed? else from the source checkout below)
 except ImportError:  # running from a source checkout without `pip install -e .`
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from mutualnet_video.engine.cli import ArgumentParser, run_tool
+from mutualnet_video.console import quiet_imports
+
+with quiet_imports():  # fvcore / pytorchvideo's import-time torch.jit deprecation warnings
+    from mutualnet_video.engine.cli import ArgumentParser, run_tool, setup_logging
 
 
 def main(argv: list[str] | None = None) -> dict | int:
     """The dataset's info (a dict), or 2 after a one-line error."""
-    from mutualnet_video.data import make_synthetic_kinetics
+    with quiet_imports():
+        from mutualnet_video.data import make_synthetic_kinetics
 
     parser = ArgumentParser(prog="make_synthetic_kinetics", description=__doc__)
     parser.add_argument("--root", required=True, help="output folder")
@@ -33,7 +36,7 @@ def main(argv: list[str] | None = None) -> dict | int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--codec", default=None, help="libx264 (default when available) or mpeg4")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(quiet=args.quiet)
     info = run_tool("make_synthetic_kinetics", lambda: make_synthetic_kinetics(
         args.root, num_classes=args.num_classes, train_per_class=args.train_per_class,
         val_per_class=args.val_per_class, frames=args.frames, size=tuple(args.size), fps=args.fps, seed=args.seed,

@@ -17,10 +17,12 @@ try:
     import mutualnet_video  # noqa: F401
 except ImportError:  # running from a source checkout without `pip install -e .`
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from mutualnet_video.console import quiet_imports
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mutualnet_video.engine.cli import ArgumentParser, run_tool
+    with quiet_imports():  # fvcore / pytorchvideo's import-time torch.jit deprecation warnings
+        from mutualnet_video.engine.cli import ArgumentParser, run_tool, setup_logging
 
     p = ArgumentParser(prog="query_budget", description=__doc__)
     p.add_argument("table", help="budgets.json (or budgets.csv) written by tools/test_net.py")
@@ -29,10 +31,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--metric", default="top1", choices=("top1", "top5"))
     p.add_argument("--json", action="store_true", help="print the record as JSON")
     args = p.parse_args(argv)
+    setup_logging(quiet=args.quiet)
     for flag, value in (("--max-gflops", args.max_gflops), ("--max-latency-ms", args.max_latency_ms)):
         if value is not None and not value > 0:
             p.error(f"{flag}: must be > 0, got {value:g}")
-    from mutualnet_video.evaluation.budgets import select_config
+    with quiet_imports():
+        from mutualnet_video.evaluation.budgets import select_config
 
     record = run_tool("query_budget", lambda: select_config(args.table, max_gflops=args.max_gflops,
                                                             max_latency_ms=args.max_latency_ms, metric=args.metric),

@@ -26,10 +26,12 @@ try:
 except ImportError:  # running from a source checkout without `pip install -e .`
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import mutualnet_video  # noqa: F401
+from mutualnet_video.console import quiet_imports
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from mutualnet_video.engine.cli import ArgumentParser
+    with quiet_imports():  # fvcore / pytorchvideo's import-time torch.jit deprecation warnings
+        from mutualnet_video.engine.cli import ArgumentParser
 
     p = ArgumentParser(prog="test_net", description=__doc__)
     p.add_argument("--config", required=True, help="YAML config the model was trained with")
@@ -51,11 +53,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from mutualnet_video.engine import launch
-    from mutualnet_video.engine.cli import run_tool
-    from mutualnet_video.engine.config import load_config
-    from mutualnet_video.engine.inference import run_test
-    from mutualnet_video.evaluation import format_table, pareto_front
+    with quiet_imports():
+        from mutualnet_video.engine import launch
+        from mutualnet_video.engine.cli import run_tool, setup_logging
+        from mutualnet_video.engine.config import load_config
+        from mutualnet_video.engine.inference import run_test
+        from mutualnet_video.evaluation import format_table, pareto_front
+    setup_logging(quiet=args.quiet)
 
     def work():
         cfg = load_config(args.config, args.opts)
@@ -64,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
                 cfg, checkpoint=args.checkpoint, calibrate=args.calibrate, widths=args.widths, frames=args.frames,
                 crops=args.crops, views=args.views, output_dir=args.output, device=args.device,
                 latency_repeats=args.latency, latency_threads=args.threads, max_batches=args.max_batches,
-                progress=not args.no_progress,
+                progress=not (args.no_progress or args.quiet),
             )
 
     result = run_tool("test_net", work, debug=args.debug)

@@ -1,13 +1,12 @@
 #!/usr/bin/env python
 """Train a MutualNet video model from a YAML config.
 
-    python tools/train_net.py --config configs/instant/x3d_synthetic.yaml [--resume] [key.sub=value ...]
+    python tools/train_net.py --config configs/instant/x3d_synthetic.yaml [--resume] [--quiet] [key.sub=value ...]
     torchrun --nproc_per_node=2 tools/train_net.py --config FILE [key=value ...]
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 
@@ -16,8 +15,11 @@ try:
 except ImportError:  # running from a source checkout without `pip install -e .`
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import mutualnet_video  # noqa: F401
-from mutualnet_video.engine import FinalEvaluation, Trainer, launch, load_config
-from mutualnet_video.engine.cli import ArgumentParser, run_tool
+from mutualnet_video.console import quiet_imports
+
+with quiet_imports():  # fvcore / pytorchvideo's import-time torch.jit deprecation warnings
+    from mutualnet_video.engine import FinalEvaluation, Trainer, launch, load_config
+    from mutualnet_video.engine.cli import ArgumentParser, run_tool, setup_logging
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,8 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true", help="continue from output_dir/last_checkpoint")
     parser.add_argument("overrides", nargs="*", help="key.sub=value overrides (values parsed as YAML)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    overrides = list(args.overrides) + (["train.resume=true"] if args.resume else [])
+    setup_logging(quiet=args.quiet)
+    overrides = (list(args.overrides) + (["train.resume=true"] if args.resume else [])
+                 + (["train.progress=false"] if args.quiet else []))
 
     def work() -> int:
         cfg = load_config(args.config, overrides)

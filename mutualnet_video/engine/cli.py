@@ -7,7 +7,12 @@ run their work inside :func:`run_tool`:
   ``<tool>: <file or key>: <problem>`` on stderr and returns 2; nothing is raised;
 * ``--debug`` (accepted by every tool) re-raises instead, with the traceback;
 * a diverged run (``FloatingPointError``: the NaN guard's message, naming the last good
-  checkpoint) prints its one line and returns 1.
+  checkpoint) prints its one line and returns 1;
+* the known third-party deprecation warnings (:data:`mutualnet_video.console.KNOWN_WARNINGS`)
+  are not printed while the tool imports and runs (:func:`quiet_imports`; a tool enters it
+  before its first import of the library too); logs go to stderr in one format
+  (:func:`setup_logging`); ``--quiet`` (accepted by every tool) keeps only the result on
+  stdout: no progress bar, no log line below WARNING.
 """
 
 from __future__ import annotations
@@ -17,7 +22,9 @@ import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-__all__ = ["ArgumentParser", "run_tool", "describe_error"]
+from ..console import quiet_imports, setup_logging
+
+__all__ = ["ArgumentParser", "run_tool", "describe_error", "quiet_imports", "setup_logging"]
 
 
 def _bad_input_types() -> tuple[type[BaseException], ...]:
@@ -37,12 +44,15 @@ def _bad_input_types() -> tuple[type[BaseException], ...]:
 
 class ArgumentParser(argparse.ArgumentParser):
     """``argparse.ArgumentParser`` whose errors are one line (``<prog>: <problem>``, exit 2)
-    and which accepts ``--debug`` (show the traceback of an error instead)."""
+    and which accepts ``--debug`` (show the traceback of an error instead) and ``--quiet``
+    (the tool prints only its result; it calls ``setup_logging(quiet=args.quiet)``)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
         super().__init__(*args, **kwargs)
         self.add_argument("--debug", action="store_true", help="on an error, show the traceback")
+        self.add_argument("--quiet", action="store_true", help="print only the result (no progress bar, no log "
+                                                               "lines below WARNING)")
 
     def error(self, message: str) -> NoReturn:
         print(f"{self.prog}: {message}", file=sys.stderr)
@@ -62,9 +72,11 @@ def describe_error(exc: BaseException) -> str:
 
 def run_tool(tool: str, work: Callable[[], Any], *, debug: bool = False) -> Any:
     """``work()``; a bad-input error becomes one line ``<tool>: <problem>`` on stderr and the
-    return value 2 (a ``FloatingPointError`` returns 1). ``debug``: re-raise instead."""
+    return value 2 (a ``FloatingPointError`` returns 1). ``debug``: re-raise instead.
+    ``work`` runs inside :func:`quiet_imports` (the library imports pytorchvideo lazily)."""
     try:
-        return work()
+        with quiet_imports():
+            return work()
     except FloatingPointError as exc:
         if debug:
             raise

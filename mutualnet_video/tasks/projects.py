@@ -19,7 +19,7 @@ from typing import Any
 
 from ..core import SubnetConfig
 from ..engine import ConfigError, FinalEvaluation, HookBase, Trainer, launch, load_config
-from ..engine.cli import ArgumentParser, run_tool
+from ..engine.cli import ArgumentParser, run_tool, setup_logging
 
 __all__ = ["run_project", "PrintLossTerms"]
 
@@ -28,17 +28,19 @@ Report = list[tuple[SubnetConfig, dict[str, float]]]
 
 class PrintLossTerms(HookBase):
     """Prints ``iter <i> <configuration>: term=value ...`` for every configuration of every
-    iteration and keeps them in ``history`` (one report per iteration)."""
+    iteration (unless ``echo=False``) and keeps them in ``history`` (one report per iteration)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, echo: bool = True) -> None:
         self.history: list[Report] = []
+        self.echo = echo
 
     def after_step(self) -> None:
         t = self.trainer
         configs = [SubnetConfig.from_tag(tag.split("#")[0]) for tag in t.step_losses]
         report = list(zip(configs, t.step_terms))
-        for subnet, terms in report:
-            print(f"iter {t.iteration - 1} {subnet}: " + " ".join(f"{k}={v:.4f}" for k, v in terms.items()))
+        if self.echo:
+            for subnet, terms in report:
+                print(f"iter {t.iteration - 1} {subnet}: " + " ".join(f"{k}={v:.4f}" for k, v in terms.items()))
         self.history.append(report)
 
 
@@ -47,17 +49,21 @@ def run_project(argv: Sequence[str] | None = None, *, description: str = "") -> 
 
     Returns ``{"history": [report per iteration], "final": the final evaluation's rows}``.
     Bad input prints one line (``train_net: <key>: <problem>``) and exits with status 2
-    (``--debug``: the traceback instead).
+    (``--debug``: the traceback instead). ``--quiet``: only the final evaluation is printed
+    (no per-iteration loss lines, no progress bar, no log line below WARNING).
     """
     parser = ArgumentParser(prog="train_net", description=description.strip().splitlines()[0] if description else None)
     parser.add_argument("--config", required=True)
     parser.add_argument("--resume", action="store_true", help="continue from output_dir/last_checkpoint")
     parser.add_argument("overrides", nargs="*", help="key.sub=value, e.g. optim.max_iters=2")
     args = parser.parse_args(argv)
-    printer = PrintLossTerms()
+    setup_logging(quiet=args.quiet)
+    printer = PrintLossTerms(echo=not args.quiet)
+    overrides = (list(args.overrides) + (["train.resume=true"] if args.resume else [])
+                 + (["train.progress=false"] if args.quiet else []))
 
     def work() -> dict[str, Any]:
-        cfg = load_config(args.config, list(args.overrides) + (["train.resume=true"] if args.resume else []))
+        cfg = load_config(args.config, overrides)
         with launch(cfg):
             trainer = Trainer(cfg)
             if trainer.space is None:

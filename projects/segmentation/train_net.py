@@ -14,7 +14,10 @@ Trainer, checkpoints and resume.
 
 import sys
 
-from mutualnet_video.tasks.projects import run_project
+from mutualnet_video.console import quiet_imports
+
+with quiet_imports():  # fvcore / pytorchvideo's import-time torch.jit deprecation warnings
+    from mutualnet_video.tasks.projects import run_project
 
 if __name__ == "__main__":
     run_project(sys.argv[1:], description=__doc__)
