@@ -66,6 +66,7 @@ def _lines(text: str) -> list[str]:
     return [line for line in text.replace("\r", "\n").splitlines() if line.strip()]
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:FutureWarning")
 def test_the_known_warnings_are_real_here():
     """The control: the installed fvcore / pytorchvideo call the deprecated torch.jit APIs at import
     and torch warns on them (nothing filters them globally), so the checks below can fail."""
