@@ -23,10 +23,17 @@ pl = pytest.importorskip("lightning.pytorch")
 
 from torch.utils.data import DataLoader  # noqa: E402
 
-from mutualnet_video.core import SubnetConfig, clip_for_config, get_space, use_config  # noqa: E402
+from mutualnet_video.core import (  # noqa: E402
+    SlimBatchNorm,
+    SlimSyncBatchNorm,
+    SubnetConfig,
+    clip_for_config,
+    get_space,
+    use_config,
+)
 from mutualnet_video.engine import SandwichSampler, mutual_step  # noqa: E402
 from mutualnet_video.evaluation import missing_calibration  # noqa: E402
-from mutualnet_video.integrations.lightning import CalibrateBN, MutualNetModule  # noqa: E402
+from mutualnet_video.integrations.lightning import CalibrateBN, MutualNetModule, SlimLayerSync  # noqa: E402
 from mutualnet_video.testing import create_toy_slimnet, toy_clip_dataset  # noqa: E402
 
 LR = 0.1
@@ -297,7 +304,18 @@ def _count_allreduce(state: list, bucket):
     return dist.all_reduce(buffer, async_op=True).get_future().then(lambda fut: fut.value()[0])
 
 
-def _ddp_worker(rank: int, port: int, out: str, steps: int) -> None:
+def test_lightning_layer_sync_plugin_keeps_the_slimmable_batchnorm():
+    model = _model()
+    names = [n for n, m in model.named_modules() if isinstance(m, SlimBatchNorm)]
+    keys = list(model.state_dict())
+    SlimLayerSync().apply(model)
+    modules = dict(model.named_modules())
+    assert names and all(isinstance(modules[n], SlimSyncBatchNorm) for n in names)
+    assert list(model.state_dict()) == keys
+    pl.Trainer(accelerator="cpu", devices=1, plugins=[SlimLayerSync()], logger=False)  # accepted as a plugin
+
+
+def _ddp_worker(rank: int, port: int, out: str, steps: int, layer_sync: bool) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
                       LOCAL_RANK=str(rank), NODE_RANK="0")
     torch.set_num_threads(1)
@@ -316,23 +334,28 @@ def _ddp_worker(rank: int, port: int, out: str, steps: int) -> None:
             after_step.append(len(buckets))
 
     module = MutualNetModule(_model(), optim=_sgd)
+    sync = dict(plugins=[SlimLayerSync()]) if layer_sync else {}
     trainer = _trainer(devices=2, strategy=DDPStrategy(process_group_backend="gloo"), max_steps=steps,
-                       callbacks=[CountAllReduce()])
+                       callbacks=[CountAllReduce()], **sync)
     trainer.fit(module, _train_loader())
+    bns = [m for m in module.model.modules() if isinstance(m, SlimBatchNorm)]
+    assert bns and all(isinstance(m, SlimSyncBatchNorm) == layer_sync for m in bns)
     torch.save({"after_step": after_step, "seen": seen,
                 "params": {n: p.detach().clone() for n, p in module.model.named_parameters()}},
                os.path.join(out, f"rank{rank}.pt"))
 
 
 @pytest.mark.slow
-def test_lightning_ddp_all_reduces_once_per_iteration_and_averages_the_ranks_gradients(tmp_path):
+@pytest.mark.parametrize("layer_sync", [False, True])
+def test_lightning_ddp_all_reduces_once_per_iteration_and_averages_the_ranks_gradients(tmp_path, layer_sync):
     import torch.multiprocessing as mp
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     steps = 2
-    mp.start_processes(_ddp_worker, args=(port, str(tmp_path), steps), nprocs=2, join=True, start_method="spawn")
+    mp.start_processes(_ddp_worker, args=(port, str(tmp_path), steps, layer_sync), nprocs=2, join=True,
+                       start_method="spawn")
     ranks = [torch.load(os.path.join(tmp_path, f"rank{r}.pt")) for r in (0, 1)]
 
     # the toy net fits one DDP bucket: one all-reduce per iteration, none in the no_sync backwards
@@ -343,22 +366,77 @@ def test_lightning_ddp_all_reduces_once_per_iteration_and_averages_the_ranks_gra
     assert len(seen[0]) == len(seen[1]) == 2 * steps and not set(seen[0]) & set(seen[1])
 
     # expected: both ranks draw the same configurations; SGD on the mean of the ranks' gradients,
-    # each from the hand-written sandwich on the clips that rank saw
+    # each from the hand-written sandwich on the clips that rank saw. With synchronized BN
+    # (statistics over both ranks' clips) that mean is the sandwich on the two batches together.
     model = _model()
     space = get_space(model)
     generator = torch.Generator().manual_seed(1)
     data = toy_clip_dataset(num_videos=8)
     for step in range(steps):
         configs = space.sandwich(generator)
+        groups = [ranks[0]["seen"][step] + ranks[1]["seen"][step]] if layer_sync else \
+            [rank["seen"][step] for rank in ranks]
         grads = []
-        for rank in ranks:
-            index = rank["seen"][step]
+        for index in groups:
             video = torch.stack([data[i]["video"] for i in index])
             labels = torch.tensor([data[i]["label"] for i in index])
             grads.append(_reference_grads(model, video, labels, configs))
         with torch.no_grad():
             for name, p in model.named_parameters():
-                p -= LR * (grads[0][name] + grads[1][name]) / 2
+                p -= LR * sum(g[name] for g in grads) / len(grads)
     for name, p in model.named_parameters():
         for rank in ranks:
             torch.testing.assert_close(rank["params"][name], p.detach(), msg=name)
+
+
+# -- Hydra: a pytorchvideo_trainer-style config -------------------------------------------
+# pytorchvideo_trainer's module node with its _target_ and the model's _target_ switched
+# (conf/module/model/x3d_xs.yaml keeps every other key); see the README's Lightning section
+HYDRA_MODULE = """
+module:
+  _target_: mutualnet_video.integrations.lightning.MutualNetModule
+  model:
+    _target_: mutualnet_video.models.create_slimmable_x3d
+    input_channel: 3
+    model_num_class: 400
+    dropout_rate: 0.5
+    input_clip_length: 4
+    input_crop_size: 160
+    depth_factor: 2.2
+    head_activation: null
+  loss:
+    _target_: torch.nn.CrossEntropyLoss
+  optim:
+    name: sgd
+    lr: 0.8
+    momentum: 0.9
+    nesterov: true
+    weight_decay: 5e-5
+  lr_scheduler:
+    warmup_iters: 2
+"""
+
+
+def test_lightning_module_instantiates_from_a_pytorchvideo_trainer_style_hydra_node():
+    hydra_utils = pytest.importorskip("hydra.utils")
+    from omegaconf import OmegaConf
+
+    from mutualnet_video.models import create_slimmable_x3d
+
+    cfg = OmegaConf.create(HYDRA_MODULE)
+    module = hydra_utils.instantiate(cfg.module, _recursive_=False)  # as pytorchvideo_trainer's train_app
+    assert isinstance(module, MutualNetModule) and isinstance(module.criterion, torch.nn.CrossEntropyLoss)
+    space = get_space(module.model)
+    assert space.frames == (4,) and space.crops == (160,) and space.width_range == (0.5, 1.0)
+    torch.manual_seed(0)
+    direct = create_slimmable_x3d(input_channel=3, model_num_class=400, dropout_rate=0.5, input_clip_length=4,
+                                  input_crop_size=160, depth_factor=2.2, head_activation=None)
+    assert list(module.model.state_dict()) == list(direct.state_dict())
+
+    # the same node with the toy model trains through Lightning's Trainer
+    cfg.module.model = {"_target_": "mutualnet_video.testing.create_toy_slimnet", "channels": 8, "num_subnets": 3}
+    module = hydra_utils.instantiate(cfg.module, _recursive_=False)
+    trainer = _trainer(max_epochs=1)
+    trainer.fit(module, _train_loader())
+    assert trainer.global_step == 4 and module.optimizers().param_groups[0]["nesterov"]
+    assert all(math.isfinite(v) for v in module.step_losses.values())

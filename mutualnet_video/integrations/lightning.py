@@ -14,9 +14,9 @@
   (:func:`~mutualnet_video.evaluation.calibrate_bn`), scores them on the validation data
   (:func:`~mutualnet_video.evaluation.evaluate_configs`: top-1/top-5 and GFLOPs) and logs
   the table (:func:`~mutualnet_video.evaluation.format_table`).
-* :class:`SlimSyncBatchNorm`: the ``LayerSync`` plugin for ``Trainer(sync_batchnorm=True)``:
-  Lightning's default converts every BN layer to ``torch.nn.SyncBatchNorm``, which would
-  drop the slimmable layers' width switching.
+* :class:`SlimLayerSync`: synchronized BN, ``Trainer(plugins=[SlimLayerSync()])`` in place of
+  ``sync_batchnorm=True``, whose ``torch.nn.SyncBatchNorm`` would replace the slimmable BN
+  layers and drop their width switching.
 
 Precision (``"bf16-mixed"``, ``"16-mixed"``) and the strategy are Lightning's settings;
 the module passes neither ``amp`` nor a ``GradScaler`` to ``mutual_step``. Needs the
@@ -53,7 +53,7 @@ from ..engine.task import ClassificationTask
 from ..engine.trainer import default_eval_configs, eval_batches
 from ..evaluation import BudgetRecord, calibrate_bn, evaluate_configs, format_table
 
-__all__ = ["MutualNetModule", "CalibrateBN", "SlimSyncBatchNorm"]
+__all__ = ["MutualNetModule", "CalibrateBN", "SlimLayerSync"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,8 +61,19 @@ OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
 
 
+def _plain(node: Any) -> Any:
+    """An OmegaConf node (Hydra hands them over with ``_recursive_=False``) as plain dicts and lists."""
+    if type(node).__module__.split(".")[0] == "omegaconf":
+        from omegaconf import OmegaConf
+
+        return OmegaConf.to_container(node, resolve=True)
+    return node
+
+
 def _build(node: Any, path: str) -> Any:
-    """A ``_target_`` mapping built with the project's ``instantiate``; anything else as it is."""
+    """A ``_target_`` mapping (or OmegaConf node) built with the project's ``instantiate``;
+    anything else as it is."""
+    node = _plain(node)
     return instantiate(node, _path=path) if isinstance(node, Mapping) and "_target_" in node else node
 
 
@@ -85,8 +96,9 @@ class MutualNetModule(pl.LightningModule):
 
     Args:
         model: the slimmable model with its ``ConfigSpace`` attached (our builders, or
-            ``convert``), or a ``_target_`` mapping that builds it (e.g. a Hydra node
-            passed with ``_recursive_=False``).
+            ``convert``), or a ``_target_`` mapping that builds it (also an OmegaConf node:
+            Hydra passes them with ``instantiate(cfg.module, _recursive_=False)``, as
+            pytorchvideo_trainer does).
         optim: the optimizer: a mapping with the optimizer keys of the ``optim`` section of
             our YAML configs (``name``, ``lr``, ``momentum``, ``nesterov``, ``betas``,
             ``weight_decay``, ``wd_exclude_bn_bias``, ``wd_exclude_depthwise``; missing
@@ -141,8 +153,8 @@ class MutualNetModule(pl.LightningModule):
         self.space = space
         self.task = task if task is not None else ClassificationTask()
         self.criterion = _build(loss, "loss")
-        self.optim, self.lr_scheduler, self.lr_interval = optim, lr_scheduler, lr_interval
-        if isinstance(lr_scheduler, Mapping) and lr_interval != "step":
+        self.optim, self.lr_scheduler, self.lr_interval = _plain(optim), _plain(lr_scheduler), lr_interval
+        if isinstance(self.lr_scheduler, Mapping) and lr_interval != "step":
             raise ValueError("lr_interval: a mapping lr_scheduler is per iteration; use lr_interval='step'")
         self.temperature, self.clip_grad_norm = temperature, clip_grad_norm
         input_fn = functools.partial(self.task.inputs, space)
@@ -310,12 +322,15 @@ class CalibrateBN(pl.Callback):
                 lightning_logger.log_metrics(metrics, step=trainer.global_step)
 
 
-class SlimSyncBatchNorm(LayerSync):
-    """``Trainer(sync_batchnorm=True, plugins=[SlimSyncBatchNorm()])``: synchronized BN that
-    keeps the slimmable layers (:func:`~mutualnet_video.core.convert_slim_sync_batchnorm`)."""
+class SlimLayerSync(LayerSync):
+    """``Trainer(plugins=[SlimLayerSync()])`` (instead of ``sync_batchnorm=True``): synchronized BN that keeps
+    the slimmable layers (:func:`~mutualnet_video.core.convert_slim_sync_batchnorm`: each
+    ``SlimBatchNorm`` becomes a ``SlimSyncBatchNorm``, the state-dict keys stay)."""
 
     def apply(self, model: nn.Module) -> nn.Module:
         return convert_slim_sync_batchnorm(model)
 
     def revert(self, model: nn.Module) -> nn.Module:
-        raise NotImplementedError("SlimSyncBatchNorm cannot be reverted; rebuild the model")
+        """Kept as they are (Lightning reverts at teardown): without a process group, or in
+        eval mode, a ``SlimSyncBatchNorm`` computes what the ``SlimBatchNorm`` did."""
+        return model
