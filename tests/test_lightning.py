@@ -183,6 +183,20 @@ def test_lightning_bf16_mixed_runs_every_forward_under_autocast():
     assert any(not torch.equal(p, q) for p, q in zip(model.parameters(), initial))
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="16-mixed scales the loss on CUDA only (no GradScaler on the CPU)")
+def test_lightning_16_mixed_scales_the_backward_and_steps_on_unscaled_gradients():
+    model = _model()
+    initial = copy.deepcopy(model)
+    module = MutualNetModule(model, optim=_sgd)
+    trainer = _trainer(accelerator="cuda", max_steps=1, precision="16-mixed")
+    trainer.fit(module, _train_loader())
+    assert trainer.precision_plugin.scaler is not None and trainer.precision_plugin.scaler.get_scale() > 1
+    video, labels = _first_batch()
+    expected = _reference_grads(initial, video, labels, get_space(initial).sandwich(torch.Generator().manual_seed(1)))
+    for name, p in model.named_parameters():  # unscaled: fp16 autocast noise, not a factor of the loss scale
+        torch.testing.assert_close(p.grad.cpu(), expected[name], rtol=0.05, atol=5e-3, msg=name)
+
+
 # -- the LR schedule ---------------------------------------------------------------------
 @pytest.mark.parametrize("interval, steps_of_decay", [("step", 8), ("epoch", 2)])
 def test_lightning_scheduler_steps_per_iteration_or_per_epoch(interval, steps_of_decay):
@@ -440,3 +454,14 @@ def test_lightning_module_instantiates_from_a_pytorchvideo_trainer_style_hydra_n
     trainer.fit(module, _train_loader())
     assert trainer.global_step == 4 and module.optimizers().param_groups[0]["nesterov"]
     assert all(math.isfinite(v) for v in module.step_losses.values())
+
+    # optimizer and scheduler as Hydra _partial_ nodes, the scheduler stepped per epoch
+    cfg.module.optim = {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 0.01}
+    cfg.module.lr_scheduler = {"_target_": "torch.optim.lr_scheduler.StepLR", "_partial_": True, "step_size": 1,
+                               "gamma": 0.5}
+    cfg.module.lr_interval = "epoch"
+    module = hydra_utils.instantiate(cfg.module, _recursive_=False)
+    trainer = _trainer(max_epochs=1)
+    trainer.fit(module, _train_loader())
+    assert isinstance(trainer.optimizers[0], torch.optim.AdamW)
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.005)

@@ -153,7 +153,9 @@ class MutualNetModule(pl.LightningModule):
         self.space = space
         self.task = task if task is not None else ClassificationTask()
         self.criterion = _build(loss, "loss")
-        self.optim, self.lr_scheduler, self.lr_interval = _plain(optim), _plain(lr_scheduler), lr_interval
+        # a _target_ node with _partial_: true becomes the factory; a plain mapping stays a mapping
+        self.optim, self.lr_scheduler = _build(optim, "optim"), _build(lr_scheduler, "lr_scheduler")
+        self.lr_interval = lr_interval
         if isinstance(self.lr_scheduler, Mapping) and lr_interval != "step":
             raise ValueError("lr_interval: a mapping lr_scheduler is per iteration; use lr_interval='step'")
         self.temperature, self.clip_grad_norm = temperature, clip_grad_norm
