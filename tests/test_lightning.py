@@ -284,6 +284,7 @@ def test_lightning_calibrate_bn_callback_calibrates_each_configuration_and_logs_
     trainer = _trainer(max_epochs=2, callbacks=[callback], logger=recorder)
     trainer.fit(MutualNetModule(model, optim=_sgd), _train_loader(), _val_loader())
 
+    assert 0.0 <= float(trainer.callback_metrics["val/top1"]) <= 100.0  # validation_step ran each epoch
     configs = [r.config for r in callback.records]
     smallest = space.smallest()
     assert configs[0] == space.full() and configs[-1] == smallest and len(configs) == 3
