@@ -233,7 +233,7 @@ def test_lightning_resume_from_a_periodic_checkpoint_continues_bit_identically(t
                                lr_scheduler={"warmup_iters": 2, "max_iters": 12})
 
     def trainer(**kwargs) -> pl.Trainer:  # 3 epochs of 4 iterations
-        return _trainer(max_epochs=3, enable_checkpointing=True, **kwargs)
+        return _trainer(max_epochs=3, enable_checkpointing=True, default_root_dir=tmp_path, **kwargs)
 
     def loader() -> DataLoader:  # resumable mid-epoch, else Lightning replays the epoch's first batches
         return _ResumableLoader(toy_clip_dataset(num_videos=8), batch_size=2)
