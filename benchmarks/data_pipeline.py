@@ -99,22 +99,14 @@ def decode_clip(path: str, decoder: str, num_frames: int, clip_duration: float) 
 
 def compare_decoders(paths: list[str], *, num_frames: int, clip_duration: float, repeats: int) -> None:
     """Median ms per decoded clip of each importable decoder, side by side, and its ratio to pyav."""
-    import importlib
-
-    from mutualnet_video.data import DECODERS
-    from mutualnet_video.data.decoding import torchcodec_problem
+    from mutualnet_video.data import available_decoders
 
     decoders = []
-    for name in ("pyav", "decord", "torchcodec"):
-        try:
-            importlib.import_module(DECODERS[name])
-        except ImportError as e:
-            print(f"{name}: not importable ({e}); left out")
-            continue
-        if name == "torchcodec" and (problem := torchcodec_problem()) is not None:
-            print(f"torchcodec: {problem}; left out")
-            continue
-        decoders.append(name)
+    for name, problem in available_decoders().items():  # pyav, decord, torchcodec
+        if problem is not None:
+            print(f"{name}: {problem}; left out")
+        else:
+            decoders.append(name)
     if name_versions := _decoder_versions(decoders):
         print("decoders: " + ", ".join(name_versions))
     reference = {p: decode_clip(p, "pyav", num_frames, clip_duration) for p in paths}  # also the warm-up

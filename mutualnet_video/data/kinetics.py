@@ -64,6 +64,7 @@ __all__ = [
     "DataLoadError",
     "VIDEO_EXTENSIONS",
     "resolve_decoder",
+    "available_decoders",
     "read_video_list",
     "VideoClipTransform",
     "VideoDataset",
@@ -111,9 +112,7 @@ def resolve_decoder(decoder: str) -> str:
     if decoder not in DECODERS:
         hint = " (PyTorchVideo's torchvision decoder is broken with current torchvision)" if decoder == "torchvision" else ""
         raise ValueError(f"unknown video decoder {decoder!r}{hint}; choose one of {sorted(DECODERS)}")
-    try:
-        importlib.import_module(DECODERS[decoder])
-    except ImportError as e:
+    if (e := _import_error(decoder)) is not None:
         if decoder == "pyav":
             raise ImportError(f"the pyav decoder needs PyAV (`pip install av`): {e}") from e
         warnings.warn(f"video decoder {decoder!r} is not importable ({e}); falling back to 'pyav'",
@@ -123,6 +122,28 @@ def resolve_decoder(decoder: str) -> str:
     if decoder == "torchcodec" and (problem := torchcodec_problem()) is not None:
         raise ValueError(f"decoder: {problem}")
     return decoder
+
+
+def available_decoders() -> dict[str, str | None]:
+    """Each decoder of :data:`DECODERS` -> ``None`` if it decodes here, else one line saying
+    why not (its module is not importable; torchcodec without FFmpeg libraries it can load):
+    the checks of :func:`resolve_decoder`, without its fallback or errors."""
+    out: dict[str, str | None] = {}
+    for name in DECODERS:
+        if (error := _import_error(name)) is not None:
+            out[name] = f"not importable ({error})"
+        else:
+            out[name] = torchcodec_problem() if name == "torchcodec" else None
+    return out
+
+
+def _import_error(decoder: str) -> ImportError | None:
+    """The ImportError of the module ``decoder`` needs, ``None`` if it imports."""
+    try:
+        importlib.import_module(DECODERS[decoder])
+    except ImportError as e:
+        return e
+    return None
 
 
 def read_video_list(data_path: str | os.PathLike, *, video_path_prefix: str = "",
@@ -594,8 +615,10 @@ def kinetics_dataset(
             ``T_full = full().frames * (slowfast_alpha or 1)``, ``S = full().crop``.
         decoder: ``"pyav"``, ``"decord"`` or ``"torchcodec"`` (falls back to pyav with a
             warning if not importable; anything else raises, and so does torchcodec without
-            the FFmpeg shared libraries it loads, see :func:`resolve_decoder`). All three give
-            the same frames of a clip (torchcodec and pyav: tests/test_torchcodec.py).
+            the FFmpeg shared libraries it loads, see :func:`resolve_decoder`). torchcodec gives
+            pyav's frames of a clip (it decodes AVI files with pyav; tests/test_torchcodec.py);
+            decord picks frames by index (``ceil(fps * t)`` at the average frame rate), so
+            its clips can differ from theirs on a variable frame rate or AVI timestamps.
         video_path_prefix: joined to relative CSV paths (default: the CSV's folder).
         clip_duration: seconds per clip; ``None`` = the whole video (e.g. the synthetic
             set). Required for ``split="test"`` with ``temporal_clips > 1``.
