@@ -123,7 +123,22 @@ DECODED = {
     "yuv444p.mp4": (keep_indices(FRAMES, T), _colour),
     "vp9.webm": (keep_indices(FRAMES, T), _colour),
     "h264.mkv": (keep_indices(FRAMES, T), _colour),
+    "mpeg4_bf2.avi": (keep_indices(FRAMES, T), _colour),  # MPEG-4 part 2 (Xvid-like), 2 B-frames
+    "h264.avi": (keep_indices(FRAMES, T), _colour),
 }
+#: AVI stores no presentation timestamps (frame k of the file is at k / fps); PyAV 18.1's
+#: FFmpeg 8 demuxer gives frame k the pts k + 1 (the codec's reorder delay added to the
+#: AVI index), so pyav's clip windows hold the frames one period early, and the last frame
+#: (pts = the duration) falls out of the whole-video window.
+AVI = ("mpeg4_bf2.avi", "h264.avi")
+PYAV_AVI_LATE = ("pyav reads AVI frame k at pts k + 1 (PyAV 18.1 / FFmpeg 8): a window holds frames one "
+                 "period early, the whole video's clip misses the last frame")
+
+
+def _pyav_avi_xfail(names) -> list:
+    """``names`` for parametrize, the AVI ones marked xfail (strict) with :data:`PYAV_AVI_LATE`."""
+    return [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=PYAV_AVI_LATE)) if n in AVI else n
+            for n in names]
 SKIPPED = {
     "audio_aac.m4a": "no_video_stream",
     "audio_pcm.mp4": "no_video_stream",
@@ -161,6 +176,9 @@ def odd(tmp_path_factory) -> dict[str, Path | str]:
     make("vp9.webm", _supports("libvpx-vp9"),
          lambda p: _encode(p, _counter(FRAMES), codec="libvpx-vp9", options={"lossless": "1"}))
     make("h264.mkv", h264, lambda p: _encode(p, _counter(FRAMES)))
+    make("mpeg4_bf2.avi", _supports("mpeg4"), lambda p: _encode(p, _counter(FRAMES), codec="mpeg4",
+                                                                 options={"bf": "2", "qmin": "1", "qmax": "1"}))
+    make("h264.avi", h264, lambda p: _encode(p, _counter(FRAMES)))
     make("audio_aac.m4a", _supports("aac"), lambda p: _encode_audio(p, "aac", "ipod"))
     make("audio_pcm.mp4", _supports("pcm_s16le"), lambda p: _encode_audio(p, "pcm_s16le", "mp4"))
     make("empty.mp4", None, lambda p: p.write_bytes(b""))
@@ -205,7 +223,7 @@ def _with_deleted(tmp_path: Path, odd: dict, names: list[str], **kwargs):
 # --- decoded ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", sorted(DECODED))
+@pytest.mark.parametrize("name", _pyav_avi_xfail(sorted(DECODED)))
 def test_odd_video_is_decoded_to_the_full_clip(odd, name, tmp_path):
     """Whole-video clip (val): (3, T, S, S), the expected frames, their colours within 3/255."""
     path = _path(odd, name)
@@ -224,7 +242,7 @@ def test_the_odd_encodings_are_what_they_claim(odd):
     """The files really hold the odd formats (nothing falls back to plain yuv420p H.264)."""
     expected = {"yuv420p10le.mp4": ("h264", "yuv420p10le"), "yuv444p.mp4": ("h264", "yuv444p"),
                 "gray_ffv1.mkv": ("ffv1", "gray"), "vp9.webm": ("vp9", "yuv420p"), "h264.mkv": ("h264", "yuv420p"),
-                "small.mp4": ("h264", "yuv420p")}
+                "small.mp4": ("h264", "yuv420p"), "mpeg4_bf2.avi": ("mpeg4", "yuv420p"), "h264.avi": ("h264", "yuv420p")}
     for name, (codec, pix_fmt) in expected.items():
         if isinstance(odd[name], str):
             continue
@@ -233,6 +251,19 @@ def test_the_odd_encodings_are_what_they_claim(odd):
             assert (ctx.name, ctx.pix_fmt) == (codec, pix_fmt), name
             if name == "small.mp4":
                 assert (ctx.height, ctx.width) == (12, 16)
+    for name in AVI:  # AVI, frame k of the file (decoding order of the frames out) is counter frame k
+        if isinstance(odd[name], str):
+            continue
+        with av.open(str(odd[name])) as container:
+            assert container.format.name == "avi"
+            stream = container.streams.video[0]
+            packets = [p.pts for p in container.demux(stream) if p.size]
+        with av.open(str(odd[name])) as container:
+            frames = list(container.decode(container.streams.video[0]))
+        assert [min(range(FRAMES), key=lambda k: np.abs(f.to_ndarray(format="rgb24")[0, 0] - _colour(k)).sum())
+                for f in frames] == list(range(FRAMES))
+        reordered = packets != sorted(packets)  # B-frames: stored after the later frame they refer to
+        assert reordered == (name == "mpeg4_bf2.avi"), (name, packets)
     if not isinstance(odd["vfr.mp4"], str):
         with av.open(str(odd["vfr.mp4"])) as container:
             stream = container.streams.video[0]
@@ -261,6 +292,21 @@ def test_variable_frame_rate_clip_holds_the_frames_of_its_time_window(odd, tmp_p
     got = _frame_colours(sample["video"])
     for t, k in enumerate(keep_indices(len(inside), T)):
         assert got[t] == pytest.approx(_colour(inside[k]), abs=3)
+
+
+@pytest.mark.parametrize("name", AVI)
+@pytest.mark.xfail(strict=True, reason=PYAV_AVI_LATE)
+def test_avi_window_holds_the_frames_of_its_time(odd, name):
+    """AVI frame k is at k / FPS: the window [0.5 s, 1.5 s) holds frames 4..11 (pyav: 3..10)."""
+    from mutualnet_video.data.decoding import open_video
+
+    video = open_video(str(_path(odd, name)), num_frames=8)
+    try:
+        clip = video.get_clip(0.5, 1.5)["video"]
+    finally:
+        video.close()
+    got = _frame_colours(clip)
+    assert got == [pytest.approx(_colour(k), abs=3) for k in range(4, 12)], got
 
 
 def test_odd_videos_train_clips_have_the_full_shape(odd, tmp_path):

@@ -19,7 +19,10 @@ from pathlib import Path
 import pytest
 import torch
 from test_data_odd import (  # the odd videos of the pyav tests (the same files, the same expectations)
+    AVI,
     DECODED,
+    FPS,
+    FRAMES,
     RAW,
     SKIPPED,
     VFR_PTS_MS,
@@ -32,7 +35,13 @@ from test_data_odd import (  # the odd videos of the pyav tests (the same files,
 from test_data_odd import odd as odd  # noqa: F401  (the fixture)
 
 from mutualnet_video.core import ConfigSpace
-from mutualnet_video.data import build_loader, kinetics_dataset, make_synthetic_kinetics, resolve_decoder
+from mutualnet_video.data import (
+    available_decoders,
+    build_loader,
+    kinetics_dataset,
+    make_synthetic_kinetics,
+    resolve_decoder,
+)
 from mutualnet_video.data.decoding import (
     FAILURE_REASONS,
     SubsampledTorchCodec,
@@ -41,15 +50,14 @@ from mutualnet_video.data.decoding import (
     torchcodec_problem,
 )
 
-torchcodec = pytest.importorskip("torchcodec")
-
 TOL = 2  # uint8 levels, see the module docstring
 SPACE = ConfigSpace(width_range=(0.25, 1.0), frames=(4, 2), crops=(32, 24))
 
 
 @pytest.fixture()
 def loads():
-    """Skip (with torchcodec's one-line reason) where torchcodec cannot load FFmpeg."""
+    """Skip where torchcodec is not installed, or (with its one-line reason) cannot load FFmpeg."""
+    pytest.importorskip("torchcodec")
     problem = torchcodec_problem()
     if problem is not None:
         pytest.skip(problem)
@@ -90,7 +98,9 @@ def test_frames_equal_pyav_on_real_h264_clips(loads, capsys):
     worst = 0.0
     for path in _real_clips():
         name = Path(path).name
-        duration = float(open_video(path, decoder="pyav", num_frames=8).duration)
+        video = open_video(path, decoder="pyav", num_frames=8)
+        duration = float(video.duration)
+        video.close()
         windows = [(Fraction(1, 3), Fraction(1, 1), 4)] if name == "bigbuckbunny.mp4" else [
             (0.0, 0.6, None), (1.3, 3.1, 8), (Fraction(5, 4), Fraction(9, 4), 8), (duration - 0.7, duration + 1, 8)]
         for start, end, num_frames in windows:
@@ -151,13 +161,35 @@ def test_synthetic_kinetics_samples_equal_pyavs(tmp_path, loads):
         _check_close(a["video"], b["video"], a["video_name"])
 
 
+#: The odd videos' durations as written (16 frames at FPS; vfr.mp4: its last frame at 1.95 s
+#: lasts one period of the stream's nominal FPS).
+DURATION = {name: Fraction(FRAMES, FPS) for name in DECODED} | {
+    "short.mp4": Fraction(3, FPS), "vfr.mp4": Fraction(VFR_PTS_MS[-1], 1000) + Fraction(1, FPS)}
+
+
 @pytest.mark.parametrize("name", sorted(DECODED))
 def test_odd_videos_decode_as_with_pyav(odd, name, loads):
-    """Gray, 10-bit, 4:4:4, VFR, VP9/WebM, Matroska: the whole-video clip equals pyav's."""
+    """Gray, 10-bit, 4:4:4, VFR, VP9/WebM, Matroska, AVI: the duration as written, the
+    whole-video clip equal to pyav's (AVI: decoded by pyav's path, see test_data_odd.AVI)."""
     path = str(_path(odd, name))
     video = open_video(path, decoder="torchcodec", num_frames=4)
-    assert video.duration == open_video(path, decoder="pyav", num_frames=4).duration
-    _check_close(_clip(path, "torchcodec", 0, video.duration, 4), _clip(path, "pyav", 0, video.duration, 4), name)
+    try:
+        assert video.duration == DURATION[name]
+        assert (video._pyav is not None) == (name in AVI)  # AVI only: the pyav fallback
+    finally:
+        video.close()
+    _check_close(_clip(path, "torchcodec", 0, DURATION[name], 4), _clip(path, "pyav", 0, DURATION[name], 4), name)
+
+
+def test_avi_fallback_is_logged_once(odd, loads, caplog):
+    from mutualnet_video.data import decoding
+
+    decoding._log_avi_fallback.cache_clear()
+    with caplog.at_level("INFO", logger=decoding.__name__):
+        for name in AVI + AVI + ("normal.mp4",):
+            _clip(str(_path(odd, name)), "torchcodec", 0, 1, 4)
+    lines = [r.getMessage() for r in caplog.records if r.name == decoding.__name__]
+    assert len(lines) == 1 and "AVI files are decoded with pyav" in lines[0], lines
 
 
 # --- failures: the same reasons, counted the same ------------------------------------------------
@@ -228,6 +260,7 @@ def test_a_torchcodec_decoder_left_in_the_main_process_does_not_hang_forked_work
 @pytest.fixture()
 def no_ffmpeg(monkeypatch):
     """torchcodec imported without FFmpeg: what ``import torchcodec`` leaves when no library loads."""
+    torchcodec = pytest.importorskip("torchcodec")
     monkeypatch.setattr(torchcodec, "ffmpeg_major_version", None)
     monkeypatch.setattr(ctypes.util, "find_library", lambda name: None)
     torchcodec_problem.cache_clear()
@@ -278,7 +311,20 @@ def test_torchcodec_not_installed_falls_back_to_pyav_like_decord(monkeypatch):
         assert resolve_decoder("torchcodec") == "pyav"
 
 
-def test_missing_and_unreadable_files_fail_at_open(tmp_path, loads):
+def test_available_decoders_say_why_not(monkeypatch):
+    """The checks of resolve_decoder, per decoder: None, or one line (here: not importable)."""
+    monkeypatch.setitem(sys.modules, "torchcodec", None)
+    problems = available_decoders()
+    assert list(problems) == ["pyav", "decord", "torchcodec"] and problems["pyav"] is None
+    assert problems["torchcodec"].startswith("not importable (") and "\n" not in problems["torchcodec"]
+
+
+def test_available_decoders_name_missing_ffmpeg(no_ffmpeg):
+    problem = available_decoders()["torchcodec"]
+    assert "needs the FFmpeg 4-9 shared libraries" in problem and problem.endswith("or set decoder: pyav")
+
+
+def test_missing_and_unreadable_files_fail_at_open(tmp_path):
     """A missing file is ``missing`` before any decoder; bytes that are no container ``unreadable``."""
     with pytest.raises(Exception) as error:
         open_video(str(tmp_path / "nope.mp4"), decoder="torchcodec", num_frames=4)

@@ -18,6 +18,10 @@ channels. A video whose stream header has no duration (Matroska/WebM) takes the
 container's duration and is decoded selectively like an mp4 (PyTorchVideo decodes all
 of it at open and drops its last frame). Frames are picked by index among those whose
 timestamps fall in the clip window, so a variable frame rate keeps its frames' order.
+AVI stores no presentation timestamps (frame k is at k / fps): PyAV 18.1's demuxer (FFmpeg
+8) gives frame k the pts k + 1 on H.264 and MPEG-4 with B-frames, so a window holds the
+frames one period early and the whole video's clip misses the last frame (known; xfail
+tests in tests/test_data_odd.py).
 
 torchcodec (``SubsampledTorchCodec``): the same frames as pyav's path, by construction.
 PyAV reads the container's header at open (so the same files fail at open, with the same
@@ -26,7 +30,10 @@ the frame index: the presentation timestamps in order. The clip's frames are tho
 timestamps fall in the window (PyTorchVideo's ``secs_to_pts`` rule, as pyav's path), the
 kept ones ``keep_indices`` of them; torchcodec is handed that index
 (``custom_frame_mappings``: it does not scan the file again) and decodes and converts only the
-kept frames (``get_frames_at``), whose timestamps are checked against the index. torchcodec
+kept frames (``get_frames_at``), whose timestamps are checked against the index. AVI files
+are decoded by ``SubsampledPyAV`` instead (logged once): AVI stores no presentation
+timestamps, and torchcodec does not decode the frames the index names there (MPEG-4 with
+B-frames fails, H.264 comes out one frame late). torchcodec
 needs FFmpeg's shared libraries on the system: :func:`torchcodec_problem` says in one line
 what is missing (``kinetics.resolve_decoder`` raises it when the decoder is selected).
 
@@ -45,6 +52,7 @@ import ctypes.util
 import functools
 import io
 import json
+import logging
 import math
 import os
 import pathlib
@@ -60,6 +68,8 @@ from pytorchvideo.data.utils import secs_to_pts
 from pytorchvideo.data.video import Video, VideoPathHandler
 
 from ..core import subsample_frames
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["FAILURE_REASONS", "VideoReadError", "SubsampledPyAV", "SubsampledTorchCodec", "subsampled_decord_class",
            "open_video", "keep_indices", "torchcodec_problem"]
@@ -97,37 +107,51 @@ def _to_cthw_float(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
     return video.permute(3, 0, 1, 2).to(torch.float32)
 
 
-class SubsampledPyAV(EncodedVideoPyAV):
-    """``EncodedVideoPyAV`` whose ``get_clip`` returns ``num_frames`` uniformly picked frames."""
+def _open_container(file, video_name: str | None) -> tuple[av.container.InputContainer, int, Fraction | None]:
+    """PyAV's container of ``file``, its first video stream's start pts and its duration in
+    seconds: the stream header's, else the container's, else ``None`` (none anywhere).
 
-    def __init__(self, file, video_name: str | None = None, *, num_frames: int) -> None:
+    Raises :class:`VideoReadError` ``unreadable`` (not a container PyAV opens) or
+    ``no_video_stream`` (the container is closed then).
+    """
+    try:
+        container = av.open(file)
+    except Exception as e:
+        raise VideoReadError("unreadable", f"cannot open {video_name} as a video container: {e}") from e
+    if not container.streams.video:
+        kinds = sorted({s.type for s in container.streams}) or ["no streams"]
+        container.close()
+        raise VideoReadError("no_video_stream", f"{video_name} has no video stream ({', '.join(kinds)})")
+    stream = container.streams.video[0]
+    start_pts = stream.start_time or 0
+    if stream.duration is not None:
+        duration = (stream.duration - start_pts) * stream.time_base
+    elif container.duration is not None:
+        duration = Fraction(container.duration, av.time_base)
+    else:
+        duration = None
+    return container, start_pts, duration
+
+
+class SubsampledPyAV(EncodedVideoPyAV):
+    """``EncodedVideoPyAV`` whose ``get_clip`` returns ``num_frames`` uniformly picked frames
+    (every frame of the window for ``None``)."""
+
+    def __init__(self, file, video_name: str | None = None, *, num_frames: int | None) -> None:
         # EncodedVideoPyAV.__init__, with errors that say why, and the container's duration
         # when the stream header has none (instead of decoding every frame at open).
         self._video_name, self._decode_audio, self._has_audio = video_name, False, None
         self._video = self._audio = None
         self.num_frames = num_frames
-        try:
-            self._container = av.open(file)
-        except Exception as e:
-            raise VideoReadError("unreadable", f"cannot open {video_name} as a video container: {e}") from e
-        if not self._container.streams.video:
-            kinds = sorted({s.type for s in self._container.streams}) or ["no streams"]
-            self._container.close()
-            raise VideoReadError("no_video_stream", f"{video_name} has no video stream ({', '.join(kinds)})")
+        self._container, self._video_start_pts, self._duration = _open_container(file, video_name)
         stream = self._container.streams.video[0]
         # One decoding thread: FFmpeg's default slice threads gain nothing on single-slice
         # H.264, and a codec context with threads made in the main process hangs a forked
         # DataLoader worker that frees its inherited copy (it joins threads the fork lacks).
         stream.codec_context.thread_count = 1
         self._video_time_base = stream.time_base
-        self._video_start_pts = stream.start_time or 0
-        self._selective_decoding = True
-        if stream.duration is not None:
-            self._duration = (stream.duration - self._video_start_pts) * self._video_time_base
-        elif self._container.duration is not None:
-            self._duration = Fraction(self._container.duration, av.time_base)
-        else:  # no duration anywhere: PyTorchVideo's path (decode everything now)
-            self._selective_decoding = False
+        self._selective_decoding = self._duration is not None
+        if self._duration is None:  # no duration anywhere: PyTorchVideo's path (decode everything now)
             self._video, _ = self._pyav_decode_video()
             if self._video is None:
                 self._container.close()
@@ -137,7 +161,7 @@ class SubsampledPyAV(EncodedVideoPyAV):
     def get_clip(self, start_sec: float, end_sec: float) -> dict[str, torch.Tensor | None]:
         if not self._selective_decoding:  # no duration in the header: decoded whole at open
             clip = super().get_clip(start_sec, end_sec)
-            if clip["video"] is not None:
+            if clip["video"] is not None and self.num_frames is not None:
                 clip["video"] = subsample_frames(clip["video"], self.num_frames)
             return clip
         start_pts = secs_to_pts(start_sec, self._video_time_base, self._video_start_pts, round_mode="ceil")
@@ -149,7 +173,8 @@ class SubsampledPyAV(EncodedVideoPyAV):
             return {"video": None, "audio": None}
         converted: dict[int, np.ndarray] = {}
         arrays = []
-        for i in keep_indices(len(frames), self.num_frames):
+        picks = range(len(frames)) if self.num_frames is None else keep_indices(len(frames), self.num_frames)
+        for i in picks:
             if i not in converted:
                 converted[i] = frames[i].to_rgb().to_ndarray()
             arrays.append(converted[i])
@@ -191,28 +216,28 @@ class SubsampledTorchCodec(Video):
     ``data``: the file's bytes. Raises :class:`VideoReadError` (``unreadable``,
     ``no_video_stream``) at open, as ``SubsampledPyAV`` does; ``get_clip`` lets errors of
     the demuxer or decoder through (counted as ``decode_error``).
+
+    An AVI file (container format ``avi``) is decoded by a ``SubsampledPyAV`` on the same
+    bytes instead (logged once per process): torchcodec does not give the frames of the
+    index there (AVI stores no presentation timestamps; MPEG-4 with B-frames fails, H.264
+    comes out one frame late while echoing the index's timestamps).
     """
 
     def __init__(self, data: bytes, video_name: str | None = None, *, num_frames: int | None) -> None:
         self._name, self._data, self.num_frames = video_name, data, num_frames
         self._decoder = None
+        self._pyav: SubsampledPyAV | None = None  # AVI: pyav's path decodes
         self._pts: list[int] | None = None  # presentation timestamps, sorted (the frame index)
+        self._container, self._start_pts, self._duration = _open_container(io.BytesIO(data), video_name)
         try:
-            self._container = av.open(io.BytesIO(data))
-        except Exception as e:
-            raise VideoReadError("unreadable", f"cannot open {video_name} as a video container: {e}") from e
-        try:
-            if not self._container.streams.video:
-                kinds = sorted({s.type for s in self._container.streams}) or ["no streams"]
-                raise VideoReadError("no_video_stream", f"{video_name} has no video stream ({', '.join(kinds)})")
-            stream = self._container.streams.video[0]
-            self._time_base = stream.time_base
-            self._start_pts = stream.start_time or 0
-            if stream.duration is not None:
-                self._duration = (stream.duration - self._start_pts) * self._time_base
-            elif self._container.duration is not None:
-                self._duration = Fraction(self._container.duration, av.time_base)
-            else:  # no duration anywhere: pyav's path decodes it all and takes its last frame's time
+            if self._container.format.name == "avi":
+                self.close()
+                _log_avi_fallback()
+                self._pyav = SubsampledPyAV(io.BytesIO(data), video_name, num_frames=num_frames)
+                self._duration = self._pyav.duration
+                return
+            self._time_base = self._container.streams.video[0].time_base
+            if self._duration is None:  # no duration anywhere: pyav's path decodes it all, takes its last frame's time
                 self._index()
                 if not self._pts:
                     raise VideoReadError("decode_error", f"no frame of {video_name} could be decoded")
@@ -258,6 +283,8 @@ class SubsampledTorchCodec(Video):
                                      custom_frame_mappings=json.dumps({"frames": frames}))
 
     def get_clip(self, start_sec: float, end_sec: float) -> dict[str, torch.Tensor | None]:
+        if self._pyav is not None:
+            return self._pyav.get_clip(start_sec, end_sec)
         self._index()
         start_pts = secs_to_pts(start_sec, self._time_base, self._start_pts, round_mode="ceil")
         end_pts = secs_to_pts(end_sec, self._time_base, self._start_pts, round_mode="ceil")
@@ -281,7 +308,15 @@ class SubsampledTorchCodec(Video):
         if self._container is not None:
             self._container.close()
             self._container = None
+        if self._pyav is not None:
+            self._pyav.close()
         self._decoder = None
+
+
+@functools.cache
+def _log_avi_fallback() -> None:
+    logger.info("decoder torchcodec: AVI files are decoded with pyav (torchcodec does not give the frames of "
+                "their index: AVI stores no presentation timestamps)")
 
 
 @functools.cache
