@@ -431,3 +431,33 @@ def test_train_compile_runs_the_compiled_forward_and_saves_the_plain_module(tmp_
             assert torch.equal(fresh.state_dict()[key], value), key
         rows = final_evaluation(trainer)
     assert len(rows) == 3 and all(r["calibrated"] for r in rows)
+
+
+def test_rank_dump_writes_the_starting_and_final_weights_and_the_samples(tmp_path, monkeypatch):
+    from mutualnet_video.engine.hooks import RANK_DUMP_ENV, RankDump
+
+    monkeypatch.setenv(RANK_DUMP_ENV, str(tmp_path / "dump"))
+    trainer = _trainer(_cfg(tmp_path / "out", optim={"max_iters": 3}))
+    assert any(isinstance(h, RankDump) for h in trainer.hooks)
+    start = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.train()
+    dump = torch.load(tmp_path / "dump" / "rank0.pt", weights_only=True)
+    assert (dump["rank"], dump["world_size"], dump["iteration"]) == (0, 1, 3)
+    assert all(torch.equal(dump["initial_model"][k], v) for k, v in start.items())
+    final = trainer.model.state_dict()
+    assert all(torch.equal(dump["model"][k], v) for k, v in final.items())
+    assert any(not torch.equal(start[k], final[k]) for k in start)
+    # 5 videos, batches of 2 (drop_last): 2 batches per epoch, so 3 iterations = epoch 0 and 1 batch of epoch 1
+    assert [len(dump["indices"][e]) for e in sorted(dump["indices"])] == [4, 2]
+
+
+def test_an_unwritable_rank_dump_folder_fails_before_the_first_iteration(tmp_path, monkeypatch):
+    from mutualnet_video.engine import ConfigError
+    from mutualnet_video.engine.hooks import RANK_DUMP_ENV
+
+    (tmp_path / "a_file").write_text("")
+    monkeypatch.setenv(RANK_DUMP_ENV, str(tmp_path / "a_file" / "dump"))  # unwritable even as root
+    trainer = _trainer(_cfg(tmp_path / "out"))
+    with pytest.raises(ConfigError, match=rf"^{RANK_DUMP_ENV}: .*a_file/dump: not writable"):
+        trainer.train()
+    assert trainer.iteration == 0 and not (tmp_path / "out" / "model_final.pth").exists()

@@ -1,7 +1,7 @@
 """Two "nodes" on one machine: two torchrun agents on localhost joined by a c10d rendezvous,
 one process each (gloo), running ``tools/train_net.py``.
 
-Each rank writes its final weights and the videos of its batches per epoch
+Each rank writes its starting and final weights and the videos of its batches per epoch
 (``MUTUALNET_VIDEO_RANK_DUMP``, :class:`~mutualnet_video.engine.hooks.RankDump`); the test
 checks torchrun's multi-node environment as the ranks saw it, that the ranks end with
 identical weights (every tensor, BN statistics included: ``train.sync_bn``) which training
@@ -111,11 +111,15 @@ def test_batch_stream_records_the_indices_of_each_epoch():
     recorded = []
     for rank in range(2):
         stream = BatchStream(data, rank=rank, **kwargs)
+        shards = []  # the epochs whose permutation was drawn: once per epoch, not per recorded batch
+        shard = stream._shard
+        stream._shard = lambda epoch, shards=shards, shard=shard: shards.append(epoch) or shard(epoch)
         stream.next()  # before recording: not recorded
         indices = stream.record_indices()
         seen = [stream.next()[0].long().tolist() for _ in range(5)]  # sample i holds the value i
         # the rest of epoch 0 (2 full batches of the 5 samples of a rank: one dropped), epochs 1 and 2
         assert indices == {0: seen[0], 1: seen[1] + seen[2], 2: seen[3] + seen[4]}
+        assert shards == [0, 1, 2]
         recorded.append(indices)
     assert not set(recorded[0][1]) & set(recorded[1][1]) and len(set(recorded[0][1]) | set(recorded[1][1])) == 8
     assert BatchStream(data, rank=0, **kwargs).indices is None  # off by default
@@ -129,7 +133,6 @@ def test_batch_stream_records_the_indices_of_each_epoch():
 @pytest.mark.slow
 def test_two_torchrun_agents_c10d_gloo_identical_weights_and_disjoint_covering_shards(tmp_path):
     from mutualnet_video.data import make_synthetic_kinetics
-    from mutualnet_video.engine import build_model, load_config
 
     data_root = make_synthetic_kinetics(tmp_path / "data", **DATASET)["root"]
     codes, logs = _run_two_agents(tmp_path, data_root)
@@ -153,9 +156,10 @@ def test_two_torchrun_agents_c10d_gloo_identical_weights_and_disjoint_covering_s
     assert states[0].keys() == states[1].keys()
     for key, value in states[0].items():
         assert torch.equal(value, states[1][key]), key
-    cfg = load_config(str(CONFIG), _overrides(tmp_path / "out", data_root))
-    torch.manual_seed(cfg["train"]["seed"])  # what launch() seeds before the Trainer builds the model
-    initial = build_model(cfg).state_dict()
+    initial = dumps[0]["initial_model"]  # the weights when rank 0's loop started (RankDump.before_train)
+    assert initial.keys() == states[0].keys()
+    for key, value in initial.items():
+        assert torch.equal(value, dumps[1]["initial_model"][key]), key  # DDP started both ranks alike
     params = [k for k, v in initial.items() if v.is_floating_point() and "running" not in k]
     changed = [k for k in params if not torch.equal(initial[k], states[0][k])]
     assert len(changed) > len(params) // 2, f"only {len(changed)} of {len(params)} tensors changed in training"

@@ -18,9 +18,9 @@ raises (a hook may raise a more informative error instead); ``after_train`` alwa
 
 :class:`FinalEvaluation` (BN calibration per configuration, then the final table or the
 task's scores) is added by ``tools/train_net.py`` and the 2D projects' ``run_project``.
-:class:`RankDump` (every rank's final weights and the samples it trained on, to check a
-multi-process run) is added when the environment variable ``MUTUALNET_VIDEO_RANK_DUMP``
-names a folder.
+:class:`RankDump` (every rank's starting and final weights and the samples it trained on,
+to check a multi-process run) is added when the environment variable
+``MUTUALNET_VIDEO_RANK_DUMP`` names a folder.
 These hooks read the :class:`~mutualnet_video.engine.trainer.Trainer`'s writer,
 checkpointer, stream and validation; a hook for a bare ``TrainerBase`` uses only the loop's
 attributes (``iteration``, ``max_iters``, ``step_losses``, ``step_terms``, timings).
@@ -241,12 +241,15 @@ class RankDump(HookBase):
 
         {"rank", "world_size", "iteration": int,
          "env": {name: str},                  # torchrun's RANK, LOCAL_RANK, GROUP_RANK, ... as set
-         "model": state_dict,                 # this rank's weights (compare them across ranks)
+         "initial_model": state_dict,         # this rank's weights when the loop started
+         "model": state_dict,                 # this rank's weights at the end (compare them across ranks)
          "indices": {epoch: [int, ...]}}      # the samples of its batches (BatchStream.record_indices)
 
     Registered by :meth:`~mutualnet_video.engine.trainer.Trainer.build_hooks` when the
-    environment variable ``MUTUALNET_VIDEO_RANK_DUMP`` names the folder (created if needed);
-    it costs nothing otherwise. Written whether or not the run finished (``iteration`` says).
+    environment variable ``MUTUALNET_VIDEO_RANK_DUMP`` names the folder; it costs nothing
+    otherwise. ``before_train`` creates the folder and checks it is writable (a
+    ``ConfigError`` naming the variable, before the first iteration); the file is written
+    whether or not the run finished (``iteration`` says).
     """
 
     ENV_KEYS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
@@ -255,17 +258,27 @@ class RankDump(HookBase):
     def __init__(self, folder: str) -> None:
         self.folder = folder
         self._indices: dict[int, list[int]] = {}
+        self._initial: dict[str, torch.Tensor] | None = None  # set once the folder is known writable
+
+    def _weights(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu().clone() for k, v in self.trainer.model.state_dict().items()}
 
     def before_train(self) -> None:
+        from .launch import check_writable
+
+        check_writable(self.folder, key=RANK_DUMP_ENV)
         self._indices = self.trainer.stream.record_indices()
+        self._initial = self._weights()
 
     def after_train(self) -> None:
+        if self._initial is None:  # before_train failed (or never ran): nothing to compare with
+            return
         t = self.trainer
-        os.makedirs(self.folder, exist_ok=True)
         state = {
             "rank": t.rank, "world_size": t.world_size, "iteration": t.iteration,
             "env": {k: os.environ[k] for k in self.ENV_KEYS if k in os.environ},
-            "model": {k: v.detach().cpu().clone() for k, v in t.model.state_dict().items()},
+            "initial_model": self._initial,
+            "model": self._weights(),
             "indices": {int(e): list(v) for e, v in self._indices.items()},
         }
         with atomic_path(os.path.join(self.folder, f"rank{t.rank}.pt")) as tmp:

@@ -80,6 +80,7 @@ class BatchStream:
         self.epoch_rng: dict | None = None  # global RNG states when this epoch's iterator was made
         self._iter: Iterator | None = None
         self.indices: dict[int, list[int]] | None = None  # record_indices()
+        self._epoch_shard: list[int] = []  # map-style: this rank's indices of the epoch being read
 
     def record_indices(self) -> dict[int, list[int]]:
         """From now on, record the samples of every batch yielded: ``{epoch: [index, ...]}``
@@ -94,7 +95,7 @@ class BatchStream:
     def _record(self, batch: Any) -> None:
         if self.map_style:
             start = self.batch_in_epoch * self.batch_size
-            indices = self._shard(self.epoch)[start : start + self.batch_size]
+            indices = self._epoch_shard[start : start + self.batch_size]
         elif isinstance(batch, Mapping) and "video_index" in batch:
             indices = torch.as_tensor(batch["video_index"]).flatten().tolist()
         else:
@@ -122,7 +123,7 @@ class BatchStream:
         common = dict(num_workers=self.num_workers, pin_memory=self.pin_memory, generator=self._generator(epoch),
                       collate_fn=getattr(self.dataset, "collate_fn", None))
         if self.map_style:
-            shard = self._shard(epoch)
+            shard = self._epoch_shard = self._shard(epoch)
             batches = [shard[i : i + self.batch_size] for i in range(0, len(shard), self.batch_size)]
             if self.drop_last and batches and len(batches[-1]) < self.batch_size:
                 batches.pop()
