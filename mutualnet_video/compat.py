@@ -14,9 +14,10 @@ The other traps of 0.1.5 are handled where they bite, not patched globally:
 ``ConstantClipsPerVideoSampler``'s spacing (``mutualnet_video.data``) and the silent
 empty ``LabeledVideoDataset`` (``mutualnet_video.data`` counts decode failures).
 
-``python -m mutualnet_video.compat`` prints the versions of Python and of the packages this
-project works with (:data:`PACKAGES`, read from the installed distributions' metadata, none
-imported) as the README's compatibility table; ``--json`` prints them as JSON.
+:func:`package_versions` reads the versions of Python and of the packages this project works
+with (:data:`PACKAGES`) from the installed distributions' metadata, importing none of them;
+:func:`versions_table` lays them out as a Markdown table (the columns of the README's
+compatibility table). ``python tools/versions.py [--json]`` prints them.
 """
 
 from __future__ import annotations
@@ -80,24 +81,3 @@ def versions_table(versions: dict[str, str | None] | None = None) -> str:
     rows += [f"| {name} | {version or 'not installed'} | {uses.get(name, '')} |" for name, version in versions.items()]
     return "\n".join(rows)
 
-
-def _main(argv: list[str] | None = None) -> int:
-    import argparse
-    import json
-
-    parser = argparse.ArgumentParser(prog="python -m mutualnet_video.compat",
-                                     description="Print the versions of Python and of the packages of the "
-                                                 "README's compatibility table.")
-    parser.add_argument("--json", action="store_true", help="a JSON object instead of a Markdown table")
-    args = parser.parse_args(argv)
-    versions = package_versions()
-    if args.json:
-        print(json.dumps({**versions, "platform": platform.platform()}, indent=1))
-    else:
-        print(f"{platform.platform()}, {platform.machine()}\n")
-        print(versions_table(versions))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_main())

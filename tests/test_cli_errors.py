@@ -109,6 +109,7 @@ CASES = [
      ("--seeds: must be >= 1, got 0",)),
     ("compare_methods", lambda f: ["--config", SLOW_CFG, "--output", str(f / "cmp"), "--methods", "mutual,bogus"],
      ("methods: unknown 'bogus'",)),
+    ("versions", lambda f: ["--bogus"], ("unrecognized arguments: --bogus",)),
     ("project", lambda f: ["--config", PROJECT_CFG, "solver.iterations=2"], ("solver: removed; use optim",)),
     ("project", lambda f: ["--config", PROJECT_CFG, "optim.lr=-1"], ("optim.lr: must be > 0, got -1",)),
 ]
@@ -138,7 +139,7 @@ def test_bad_input_is_one_line_and_status_2(tool, argv, words, files, capsys):
 def test_there_are_at_least_25_bad_inputs_over_every_cli():
     assert len(CASES) >= 25
     assert {c[0] for c in CASES} == {"train_net", "test_net", "export_net", "query_budget", "analyze_model",
-                                     "make_synthetic_kinetics", "compare_methods", "project"}
+                                     "make_synthetic_kinetics", "compare_methods", "versions", "project"}
 
 
 def test_debug_shows_the_traceback(files):

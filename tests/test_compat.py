@@ -40,10 +40,15 @@ def test_functional_tensor_alias_makes_pytorchvideo_transforms_import(monkeypatc
 
 
 def test_core_imports_only_torch():
+    """Also: the versions table (tools/versions.py) imports none of the packages it lists."""
     code = ("import json, sys\nimport torch, torch.distributed, torch.nn.functional\nbefore = set(sys.modules)\n"
-            "import mutualnet_video.core\nprint(json.dumps([sorted(set(sys.modules) - before), sorted(sys.modules)]))")
+            "import mutualnet_video.core\neverything = sorted(sys.modules)\n"
+            "from mutualnet_video.compat import versions_table\nversions_table()\n"
+            "print(json.dumps([sorted(set(everything) - before), everything, sorted(sys.modules)]))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
-    added, everything = json.loads(done.stdout.splitlines()[-1])
+    added, everything, with_table = json.loads(done.stdout.splitlines()[-1])
+    listed = {name for name, _ in compat.PACKAGES} - {"torch", "numpy"}  # numpy: imported by torch
+    assert not {m.split(".")[0] for m in with_table} & listed, "versions_table() imports a package it lists"
     outside = {m.split(".")[0] for m in added} - {"mutualnet_video"}
     assert not outside, f"import mutualnet_video.core imports {sorted(outside)} beyond torch"
     assert not {m.split(".")[0] for m in everything} & {"torchvision", "pytorchvideo", "fvcore", "iopath", "yaml", "av"}
@@ -127,15 +132,38 @@ def test_hard_coded_nn_layers_are_all_converted():
     assert se and all(isinstance(c, SlimmableModule) for m in se for c in m.block if isinstance(c, nn.Conv3d))
 
 
+def _versions_main():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_versions_tool", ROOT / "tools" / "versions.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
 def test_versions_table_reads_the_installed_distributions(capsys):
     import importlib.metadata
     import platform
 
-    assert compat._main(["--json"]) == 0
-    versions = json.loads(capsys.readouterr().out)
+    main = _versions_main()
+    assert main(["--json", "--quiet"]) == 0
+    captured = capsys.readouterr()
+    versions = json.loads(captured.out)
+    assert captured.err == ""
     assert versions["python"] == platform.python_version()
     assert versions["torch"] == importlib.metadata.version("torch") and torch.__version__.startswith(versions["torch"])
     assert [name for name, _ in compat.PACKAGES] == [k for k in versions if k not in ("python", "platform")]
+    assert main([]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2:4] == ["| package | version | used for |", "|---|---|---|"] and len(lines) == 4 + 1 + len(compat.PACKAGES)
     table = compat.versions_table({"python": "3.11.7", "torch": "2.14.1", "decord": None}).splitlines()
     assert table[2:] == ["| python | 3.11.7 |  |", "| torch | 2.14.1 | required |",
                          "| decord | not installed | decoder: decord (required on x86_64) |"]
+
+
+def test_versions_cli_bad_flag_is_one_line_and_status_2(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        _versions_main()(["--bogus"])
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.splitlines() == ["versions: unrecognized arguments: --bogus"]
