@@ -9,7 +9,8 @@ no warning filter and no logging handler. Stdlib only, so a tool can enter
   the module that warns, and a module of the library that triggers it on the call stack) is not
   printed; any other warning is, as usual.
 * :func:`setup_logging`: one handler on stderr, one format (``LOG_FORMAT``), INFO, or WARNING
-  with ``quiet``; it writes through ``tqdm.write`` while a progress bar is open.
+  with ``quiet`` (also when the root logger has other handlers); it writes through
+  ``tqdm.write`` while a progress bar is open.
 """
 
 from __future__ import annotations
@@ -117,11 +118,14 @@ def setup_logging(*, quiet: bool = False) -> None:
     """The CLIs' logging: INFO (``quiet``: WARNING and above) to stderr in :data:`LOG_FORMAT`.
 
     Idempotent (a second call only changes the level); if the root logger already has handlers
-    that are not ours (an embedding application, pytest), they and the root level are kept.
+    that are not ours (an embedding application, pytest), they are kept, and so is the root
+    level, except that ``quiet`` raises it to WARNING if it is lower.
     """
     root = logging.getLogger()
     ours = [h for h in root.handlers if isinstance(h, _Handler)]
     if root.handlers and not ours:
+        if quiet and root.level < logging.WARNING:
+            root.setLevel(logging.WARNING)
         return
     if not ours:
         handler = _Handler(sys.stderr)

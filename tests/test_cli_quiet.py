@@ -8,6 +8,7 @@ run of the toy model; the rest runs in this process.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -24,6 +25,31 @@ ROOT = Path(__file__).resolve().parents[1]
 WARNING_LINE = re.compile(r"(DeprecationWarning|FutureWarning|UserWarning)")
 # LOG_FORMAT's lines: "2026-12-02 16:32:07,820 INFO mutualnet_video.data.synthetic: wrote ..."
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) [\w.]+: ")
+
+
+def test_quiet_logging_raises_the_root_level_under_foreign_handlers(monkeypatch):
+    """An application (or pytest) that set up logging first keeps its handlers; ``quiet`` still
+    drops the records below WARNING (the root level is raised, never lowered)."""
+    import io
+    import logging
+
+    from mutualnet_video.console import setup_logging
+
+    stream = io.StringIO()
+    foreign = logging.StreamHandler(stream)
+    root_logger = logging.getLogger()
+    monkeypatch.setattr(root_logger, "handlers", [foreign])
+    monkeypatch.setattr(root_logger, "level", logging.DEBUG)
+    setup_logging()
+    assert root_logger.handlers == [foreign] and root_logger.level == logging.DEBUG  # not quiet: left alone
+    setup_logging(quiet=True)
+    assert root_logger.handlers == [foreign] and root_logger.level == logging.WARNING
+    logging.getLogger("mutualnet_video.engine.trainer").info("an iteration line")
+    logging.getLogger("mutualnet_video.engine.trainer").warning("a warning")
+    assert stream.getvalue() == "a warning\n"
+    root_logger.setLevel(logging.ERROR)
+    setup_logging(quiet=True)
+    assert root_logger.level == logging.ERROR
 
 
 def _toy_config(root: Path) -> Path:
@@ -205,3 +231,112 @@ def test_known_warnings_name_their_source():
     assert not is_known_warning("`torch.jit.script_method` is deprecated. Please switch", DeprecationWarning,
                                 "/x/torch/jit/_script.py", stack_modules=("pytorchvideo.transforms.transforms",))
     assert LOG_FORMAT.startswith("%(asctime)s %(levelname)s %(name)s")
+
+
+# --------------------------------------------------------------------------------------
+# --quiet over the other CLIs (in this process, tiny inputs)
+# --------------------------------------------------------------------------------------
+# a tqdm bar ("eval 20 configs x 1 views:  50%|#####     | 1/2 [...]") and the projects' loss lines
+PROGRESS_LINE = re.compile(r"\d+%\|")
+LOSS_LINE = re.compile(r"^iter \d+ \(")
+
+
+@pytest.fixture(scope="module")
+def quiet_inputs(tmp_path_factory):
+    """The toy config and a checkpoint of its model; a 4-video synthetic Kinetics and a config
+    that tests the toy model on it (test_net's loader needs Kinetics-style batches)."""
+    with quiet_imports():
+        from mutualnet_video.data import make_synthetic_kinetics
+        from mutualnet_video.testing import create_toy_slimnet
+
+    root = tmp_path_factory.mktemp("quiet_clis")
+    toy = _toy_config(root)
+    torch.save({"model": create_toy_slimnet(channels=8, model_num_class=2).state_dict()}, root / "toy.pth")
+    syn = make_synthetic_kinetics(root / "syn", num_classes=2, train_per_class=1, val_per_class=2, frames=8,
+                                  size=(32, 32))["root"]
+    kinetics = root / "toy_kinetics.yaml"
+    kinetics.write_text(toy.read_text().replace(
+        "  val: {_target_: mutualnet_video.testing.toy_clip_dataset, num_videos: 4, num_classes: 2}\n",
+        f"  val: {{_target_: mutualnet_video.data.kinetics_dataset, data_path: {syn}, split: val}}\n"))
+    return {"root": root, "toy": str(toy), "ckpt": str(root / "toy.pth"), "kinetics": str(kinetics)}
+
+
+def _json_result(lines):
+    return json.loads("\n".join(lines))["num_train"] == 2
+
+
+def _project_result(rows: int):
+    """The final evaluation: one configuration (``PROJECT_ARGV``), its table or score lines."""
+    return lambda lines: lines[0].startswith("calibrated BN statistics of 1 configurations") and len(lines) == rows
+
+
+#: the projects' train_net (``run_project``), cut to one iteration, one configuration, 4 images
+PROJECT_ARGV = ["optim.max_iters=1", "model.widths=[1.0]", "model.crops=[48]", "data.train.num_images=4",
+                "data.val.num_images=2", "data.batch_size=2", "eval.calib_batches=1"]
+PROJECTS = {"image_classification": "mobilenet_v1_shapes.yaml", "detection": "fasterrcnn_mobilenet_v2_shapes.yaml",
+            "segmentation": "deeplabv3_mobilenet_v2_shapes.yaml"}
+
+# name -> (argv, given the inputs and a folder of the run's own; a check of the result's lines
+# as printed; whether the run without --quiet logs, shows progress or prints loss lines)
+QUIET_CLIS = {
+    "analyze_model": (lambda i, out: ["--model", "mutual_x3d_xs", "--widths", "1", "--frames", "2", "--crops", "96"],
+                      lambda lines: (lines[0].startswith("mutual_x3d_xs: ConfigSpace(") and lines[1].startswith("config")
+                                     and len(lines) == 3 and lines[2].startswith("w1000_f2_c96")), False),
+    "export_net": (lambda i, out: ["--config", i["toy"], "--checkpoint", i["ckpt"], "--width", "1", "--frames", "4",
+                                   "--crop", "32", "--format", "torchscript", "--output", str(out / "toy.pt")],
+                   lambda lines: len(lines) == 1 and lines[0].startswith("exported (width=1, frames=4, crop=32)"),
+                   False),
+    "test_net": (lambda i, out: ["--config", i["kinetics"], "--checkpoint", i["ckpt"], "--calibrate", "--widths", "1",
+                                 "--output", str(out)],
+                 lambda lines: (lines[0].startswith("calibrated checkpoint: ")
+                                and "Pareto front (GFLOPs/video -> top1):" in lines
+                                and lines[-1].startswith("budget table and plots in ")), True),
+    "make_synthetic_kinetics": (lambda i, out: ["--root", str(out / "syn"), "--num-classes", "2", "--train-per-class",
+                                                "1", "--val-per-class", "1", "--frames", "4", "--size", "32", "32"],
+                                _json_result, True),
+    "compare_methods": (lambda i, out: ["--config", i["toy"], "--output", str(out), "--methods", "mutual,single",
+                                        f"output_dir={out / 'runs'}"],
+                        lambda lines: lines[0].startswith("top-1 (%)") and lines[-1].startswith("wrote "), True),
+    **{name: (lambda i, out, config=config, name=name: ["--config", str(ROOT / "projects" / name / "configs" / config),
+                                                        *PROJECT_ARGV, f"output_dir={out}"],
+              _project_result(4 if name == "image_classification" else 2), True)
+       for name, config in PROJECTS.items()},
+}
+
+
+def _run_project(argv):
+    from mutualnet_video.tasks.projects import run_project
+
+    run_project(argv, description="a project")
+    return 0
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:FutureWarning",
+                            "ignore:3 BN layers have no statistics calibrated:UserWarning")
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "detection" else n
+                                  for n in QUIET_CLIS])
+def test_quiet_prints_only_the_result_for_every_cli(name, quiet_inputs, tmp_path, capsys, monkeypatch):
+    """Each CLI twice: without --quiet (the control, where the CLI has any: it logs, shows a bar
+    or prints loss lines) and with it: stdout is only the result, stderr has no log line and no
+    progress bar (a library warning, e.g. export_net's uncalibrated BN, still shows)."""
+    import logging
+
+    argv_of, check, noisy = QUIET_CLIS[name]
+    main = _run_project if name in PROJECTS else _tool(name)
+    root_logger = logging.getLogger()
+    monkeypatch.setattr(root_logger, "handlers", [])  # as in a fresh process: setup_logging's handler on stderr
+    monkeypatch.setattr(root_logger, "level", root_logger.level)
+
+    def run(quiet: bool):
+        rc = main(argv_of(quiet_inputs, tmp_path / ("quiet" if quiet else "loud")) + (["--quiet"] if quiet else []))
+        assert rc == 0 or isinstance(rc, dict), rc  # make_synthetic_kinetics returns its info
+        captured = capsys.readouterr()
+        noise = [line for line in _lines(captured.err) if LOG_LINE.match(line) or PROGRESS_LINE.search(line)]
+        noise += [line for line in _lines(captured.out) if LOG_LINE.match(line) or LOSS_LINE.match(line)]
+        return _lines(captured.out), noise
+
+    if noisy:
+        assert run(quiet=False)[1], f"{name} without --quiet: no log line, bar or loss line (the check is void)"
+    lines, noise = run(quiet=True)
+    assert noise == [], noise
+    assert lines and check(lines), lines
