@@ -324,17 +324,16 @@ def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 
 
 def _main(monkeypatch, argv: list[str]) -> int:
-    """``tools/compare_methods.py``'s ``main`` in this process (its logger levels restored after)."""
+    """``tools/compare_methods.py``'s ``main`` in this process; the logger levels it lowers for the
+    run are back as they were after it."""
     monkeypatch.syspath_prepend(str(ROOT / "tools"))
     import compare_methods as cli
 
     names = ("mutualnet_video.engine.trainer", "mutualnet_video.engine.hooks", "fvcore.common.checkpoint")
     levels = {n: logging.getLogger(n).level for n in names}
-    try:
-        return cli.main(argv)
-    finally:
-        for name, level in levels.items():
-            logging.getLogger(name).setLevel(level)
+    code = cli.main(argv)
+    assert {n: logging.getLogger(n).level for n in names} == levels
+    return code
 
 
 def test_cli_bad_values_exit_2_with_one_line(tmp_path, capsys, monkeypatch):

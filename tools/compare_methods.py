@@ -50,23 +50,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="key.sub=value overrides (values parsed as YAML)")
     args = parser.parse_args(argv)
     setup_logging(quiet=args.quiet)
-    if not args.verbose:
-        for name in ("mutualnet_video.engine.trainer", "mutualnet_video.engine.hooks", "fvcore.common.checkpoint"):
-            logging.getLogger(name).setLevel(logging.WARNING)
     command = shlex.join([os.path.basename(sys.argv[0]) if argv is None else "compare_methods.py",
                           *(sys.argv[1:] if argv is None else argv)])
     if args.seeds < 1:
         parser.error(f"--seeds: must be >= 1, got {args.seeds}")
 
     def work():
-        cfg = load_config(args.config, args.overrides)
-        first = cfg["train"]["seed"]
-        with launch(cfg):
-            return compare_methods(
-                cfg, output_dir=args.output, seeds=range(first, first + args.seeds), methods=args.methods,
-                budget=args.budget, finetune_fraction=args.finetune_fraction,
-                max_iters_factor=args.max_iters_factor, command=command, config_file=args.config,
-            )
+        # the trainers' per-iteration lines, for the run only (levels restored: main may run in-process)
+        quieted = [] if args.verbose else [logging.getLogger(name) for name in (
+            "mutualnet_video.engine.trainer", "mutualnet_video.engine.hooks", "fvcore.common.checkpoint")]
+        levels = [log.level for log in quieted]
+        for log in quieted:
+            log.setLevel(logging.WARNING)
+        try:
+            cfg = load_config(args.config, args.overrides)
+            first = cfg["train"]["seed"]
+            with launch(cfg):
+                return compare_methods(
+                    cfg, output_dir=args.output, seeds=range(first, first + args.seeds), methods=args.methods,
+                    budget=args.budget, finetune_fraction=args.finetune_fraction,
+                    max_iters_factor=args.max_iters_factor, command=command, config_file=args.config,
+                )
+        finally:
+            for log, level in zip(quieted, levels):
+                log.setLevel(level)
 
     result = run_tool("compare_methods", work, debug=args.debug)
     if isinstance(result, int):
