@@ -53,13 +53,8 @@ def _check_finite(loss: torch.Tensor, cfg: SubnetConfig | None, index: int, iter
 
 def _ddp_of(model: nn.Module) -> nn.parallel.DistributedDataParallel | None:
     """The DDP wrapper ``model`` is, or that ``torch.compile`` wrapped (``_orig_mod``), else None."""
-    inner = getattr(model, "_orig_mod", model) if isinstance(model, torch._dynamo.eval_frame.OptimizedModule) else model
+    inner = model._orig_mod if isinstance(model, torch._dynamo.eval_frame.OptimizedModule) else model
     return inner if isinstance(inner, nn.parallel.DistributedDataParallel) else None
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    ddp = _ddp_of(model)
-    return model if ddp is None else ddp.module
 
 
 def _first_tensor(value: Any) -> torch.Tensor | None:
@@ -153,10 +148,11 @@ def mutual_step(
     first_tensor = _first_tensor(sub_inputs[0][1])
     device_type = "cpu" if first_tensor is None else first_tensor.device.type
     use_amp = amp and device_type == "cuda"
-    if no_sync is None and _ddp_of(model) is not None:
-        no_sync = _ddp_of(model).no_sync
+    ddp = _ddp_of(model)
+    if no_sync is None and ddp is not None:
+        no_sync = ddp.no_sync
     is_ddp = no_sync is not None
-    switch_target = _unwrap(model)
+    switch_target = model if ddp is None else ddp.module
 
     losses: dict[str, float] = {}
     teacher = None
