@@ -129,6 +129,12 @@ def slice_grads(enabled: bool = True) -> Iterator[None]:
     ``mutual_step`` enters it for every backward except DDP's synchronised one. The choice
     is made at forward time (thread-local, like ``torch.no_grad``); a compiled region
     (``torch.compile``) and layers at full width always slice the plain way.
+
+    Inside the block a conv on a slice of its input channels, on the CPU in float32, whose
+    weight slice is large against its input (a ResNet's last stages on a small clip),
+    also skips the copy of ``weight[:out, :in]`` that aten's conv needs: it runs as im2col
+    and matrix products that read the strided slice in place and add the weight's gradient
+    into ``.grad`` directly (:meth:`_SlimConvNd._gemm_reads_slice` says where).
     """
     previous = getattr(_SLICE_GRADS, "enabled", False)
     _SLICE_GRADS.enabled = bool(enabled)
@@ -177,6 +183,105 @@ class _SliceIntoGrad(torch.autograd.Function):
         if param.grad is None:
             param.grad = target
         return None, None, None, None
+
+
+def _im2col(x: torch.Tensor, ksize: tuple[int, ...], stride: tuple[int, ...],
+            padding: tuple[int, ...]) -> torch.Tensor:
+    """``x`` ``[N, C, *S]`` as the ``[C * K, N * L]`` matrix of its convolution windows
+    (rows ``(c, *kernel offset)``, the order of a weight's ``view(out, -1)`` columns;
+    columns ``(n, *output position)``)."""
+    if any(padding):
+        x = F.pad(x, [p for q in reversed(padding) for p in (q, q)])
+    for d, (k, s) in enumerate(zip(ksize, stride)):
+        x = x.unfold(2 + d, k, s)  # [N, C, *out, *kernel]
+    nd = len(ksize)
+    perm = [1, *range(2 + nd, 2 + 2 * nd), 0, *range(2, 2 + nd)]
+    return x.permute(perm).reshape(x.shape[1] * _prod(ksize), -1)
+
+
+def _prod(sizes: Sequence[int]) -> int:
+    total = 1
+    for s in sizes:
+        total *= s
+    return total
+
+
+class _SlicedConvIntoGrad(torch.autograd.Function):
+    """A convolution by the active slice of ``weight`` as matrix products that read the
+    slice in place: im2col of the input, then ``weight.view(O, -1)[:out, cols] @ cols`` (a
+    strided matrix, which BLAS takes as it is), one product per block of input channels
+    (``blocks``: ``(first weight channel, channels)`` per part of the input, one block for
+    ``weight[:out, :in]``, one per part of ``in_splits``). Backward adds ``grad @ cols.T``
+    into the same slice of ``weight.grad`` (as :class:`_SliceIntoGrad`) and gives the
+    input's gradient by col2im. Zero padding, dilation 1, groups 1."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, out_active, blocks, stride, padding):  # noqa: D102
+        ksize = tuple(weight.shape[2:])
+        kernel = _prod(ksize)
+        out_size = tuple((s + 2 * p - k) // st + 1 for s, k, st, p in zip(x.shape[2:], ksize, stride, padding))
+        cols = _im2col(x, ksize, stride, padding)
+        matrix = weight.view(weight.shape[0], -1)[:out_active]
+        y, row = None, 0
+        for first, channels in blocks:
+            part = matrix[:, first * kernel:(first + channels) * kernel]
+            block = cols[row:row + channels * kernel]
+            y = torch.mm(part, block) if y is None else y.addmm_(part, block)
+            row += channels * kernel
+        y = y.view(out_active, x.shape[0], *out_size)
+        if bias is not None:
+            y = y + bias.view(-1, *[1] * (len(out_size) + 1))
+        ctx.save_for_backward(cols)
+        ctx.param = weight
+        ctx.meta = (out_active, blocks, ksize, stride, padding, tuple(x.shape), out_size)
+        return y.transpose(0, 1).contiguous()
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: D102
+        (cols,) = ctx.saved_tensors
+        out_active, blocks, ksize, stride, padding, x_shape, out_size = ctx.meta
+        param = ctx.param
+        kernel = _prod(ksize)
+        grad2d = grad.transpose(0, 1).reshape(out_active, -1)  # [out, N * L]
+        target = param.grad
+        if target is None:
+            target = torch.zeros_like(param)
+        target2d = target.view(param.shape[0], -1)[:out_active]
+        matrix = param.view(param.shape[0], -1)[:out_active]
+        grad_cols = torch.empty_like(cols) if ctx.needs_input_grad[0] else None
+        row = 0
+        for first, channels in blocks:
+            span = slice(first * kernel, (first + channels) * kernel)
+            rows = slice(row, row + channels * kernel)
+            target2d[:, span].addmm_(grad2d, cols[rows].t())
+            if grad_cols is not None:
+                torch.mm(matrix[:, span].t(), grad2d, out=grad_cols[rows])
+            row += channels * kernel
+        if param.grad is None:
+            param.grad = target
+        grad_x = None
+        if grad_cols is not None:
+            in_active = x_shape[1]
+            grad_cols = grad_cols.view(in_active, *ksize, x_shape[0], *out_size)
+            if kernel == 1 and not any(padding) and all(s == 1 for s in stride):
+                grad_x = grad_cols.view(in_active, x_shape[0], *out_size).transpose(0, 1)
+            else:  # col2im: each kernel offset adds its window positions
+                padded = grad.new_zeros((x_shape[0], in_active, *(s + 2 * p for s, p in zip(x_shape[2:], padding))))
+                for offset in _offsets(ksize):
+                    window = tuple(slice(o, o + st * (n - 1) + 1, st) for o, st, n in zip(offset, stride, out_size))
+                    padded[(slice(None), slice(None), *window)] += grad_cols[(slice(None), *offset)].transpose(0, 1)
+                grad_x = padded[(slice(None), slice(None), *(slice(p, p + s) for p, s in zip(padding, x_shape[2:])))]
+        grad_bias = None
+        if ctx.needs_input_grad[2]:
+            grad_bias = grad.sum(dim=[0, *range(2, grad.dim())])
+        return grad_x, None, grad_bias, None, None, None, None
+
+
+def _offsets(ksize: tuple[int, ...]) -> list[tuple[int, ...]]:
+    offsets: list[tuple[int, ...]] = [()]
+    for k in ksize:
+        offsets = [o + (i,) for o in offsets for i in range(k)]
+    return offsets
 
 
 def _tensor_key(t: torch.Tensor | None) -> tuple[int, int] | None:
@@ -410,8 +515,52 @@ class _SlimConvNd(_SlimWeightMixin):
             state = self._state()
         if state[1] and in_active == self._full_in:  # full width, every part of in_splits is full
             return self._conv_forward(x, self.weight, self.bias)  # = nn.ConvNd.forward
+        if self._gemm_reads_slice(x, state[2]):
+            self._check_in(in_active)
+            if self._in_splits is None:
+                blocks: tuple[tuple[int, int], ...] = ((0, in_active),)
+            else:
+                self._split_index(in_active)  # checks in_active against the parts (kept, no graph here)
+                starts = [0]
+                for channels, _ in self._in_splits[:-1]:
+                    starts.append(starts[-1] + channels)
+                blocks = tuple(zip(starts, state[3]))
+            bias = None if self.bias is None else self.bias[:state[2]]
+            return _SlicedConvIntoGrad.apply(x, self.weight, bias, state[2], blocks, self.stride, self.padding)
         weight, bias = self._active_slice(in_active, state)
         return self._conv_forward(x, weight, bias, in_active if self._depthwise else 1)
+
+    def _gemm_reads_slice(self, x: torch.Tensor, out_active: int) -> bool:
+        """Whether this pass runs as :class:`_SlicedConvIntoGrad`: a sub-network's pass
+        under :func:`slice_grads` on the CPU in float32, on a slice of the input channels
+        (``weight[:out, :in]``, or the columns of the parts of ``in_splits``, is not
+        contiguous; aten's conv would copy it), where the
+        slice is large against the input: small clips on wide layers (a ResNet's last
+        stages at a low crop), not the early stages. Kernels of size 1 in the two last
+        (spatial) dims, whose im2col is a view or a few shifted copies, take it while the
+        output positions are at most 16 per active output channel; other kernels, whose
+        im2col copies ``kh * kw`` times the input, while the im2col is no larger than the
+        weight slice. Both bounds come from timing each conv of Slow R50 both ways on the
+        CPU (fwd+bwd, 4x96 batch 1 and 8x160 batch 2): inside them the matrix product was
+        as fast as the copy and aten's conv or faster."""
+        weight = self.weight
+        in_active = x.shape[1]
+        if (self._depthwise or in_active >= self._full_in
+                or not slice_grads_enabled() or not weight.requires_grad or weight.grad_fn is not None
+                or not torch.is_grad_enabled() or torch.compiler.is_compiling()):
+            return False
+        if (x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32
+                or torch.is_autocast_enabled("cpu") or not x.is_contiguous()
+                or self.padding_mode != "zeros" or isinstance(self.padding, str) or self.groups != 1
+                or any(d != 1 for d in self.dilation)):
+            return False
+        ksize = weight.shape[2:]
+        positions = x.shape[0]
+        for s, k, st, p in zip(x.shape[2:], ksize, self.stride, self.padding):
+            positions *= max((s + 2 * p - k) // st + 1, 0)
+        if all(k == 1 for k in ksize[-2:]):
+            return positions <= 16 * out_active
+        return positions <= out_active  # im2col (window x positions) <= slice (out x window)
 
 
 class SlimConv2d(_SlimConvNd, nn.Conv2d):
