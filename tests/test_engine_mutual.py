@@ -289,6 +289,28 @@ def test_compile_slimmable_one_graph_per_configuration_beyond_the_recompile_limi
     assert 0 < counts[0] == counts[1] <= budget.train and breaks == 0
 
 
+def test_compile_slimmable_warns_where_training_would_keep_compiling(caplog):
+    """A space of many channel patterns (every full-size model: X3D-XS has 198) makes training
+    compile a graph on most early iterations: compile_slimmable says so; a small one does not."""
+    import logging
+
+    from mutualnet_video.engine import compile_slimmable, graph_budget
+
+    few = create_toy_slimnet(channels=8)
+    many = create_toy_slimnet(channels=256, width_range=(0.25, 1.0))
+    budget = graph_budget(many)
+    assert graph_budget(few).channel_patterns == 3 and budget.channel_patterns > 16
+    with torch._dynamo.config.patch(recompile_limit=8, accumulated_recompile_limit=256), \
+            caplog.at_level(logging.WARNING, logger="mutualnet_video.engine.compile"):
+        compile_slimmable(few)  # torch.compile is lazy: nothing compiles here
+        assert not caplog.records
+        compile_slimmable(many)
+    (record,) = caplog.records
+    assert record.levelno == logging.WARNING
+    assert f"{budget.channel_patterns} channel patterns" in record.getMessage()
+    assert f"up to {budget.train} graphs" in record.getMessage()
+
+
 def test_compiled_slowfast_toy_has_no_graph_break_at_its_concatenations():
     """The toy SlowFast (fusion concatenation: convs and the classifier take ``in_splits``)
     compiles in one graph per configuration, training with backward, outputs equal to eager:

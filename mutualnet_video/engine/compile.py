@@ -16,6 +16,12 @@ per pattern after the first change of input size (fewer graphs); ``dynamic=False
 exactly the bound above. Dynamo stops compiling a function after ``recompile_limit`` (8)
 graphs and runs it eagerly from then on, which a space of more configurations reaches:
 :func:`compile_slimmable` raises the limit to the bound and logs it.
+
+The full-size models have many patterns: X3D-XS over width [0.5, 1] has 198 (up to 1,782
+training graphs over its 9 frames x crops), Slow and SlowFast R50 254. A training run then
+compiles on most of its early iterations; :func:`compile_slimmable` warns where a space
+has more than ``MANY_PATTERNS`` patterns. The channel counts are Python ints that the
+graphs specialize on; one graph for all widths would need them to be dynamic sizes.
 """
 
 from __future__ import annotations
@@ -32,6 +38,10 @@ from ..core import ConfigSpace, SlimConv2d, SlimConv3d, SlimLinear, get_space, s
 __all__ = ["compile_slimmable", "graph_budget", "GraphBudget"]
 
 logger = logging.getLogger(__name__)
+
+# above this many channel patterns compile_slimmable warns that training keeps compiling
+# (the toy nets have 3; X3D-XS over width [0.5, 1] has 198, Slow / SlowFast R50 254)
+MANY_PATTERNS = 16
 
 
 @dataclass(frozen=True)
@@ -119,4 +129,14 @@ def compile_slimmable(model: nn.Module, **compile_kwargs: Any) -> nn.Module:
         budget.total, budget.channel_patterns, budget.inputs, budget.eval,
         before[0], config.recompile_limit, before[1], config.accumulated_recompile_limit,
     )
+    if budget.channel_patterns > MANY_PATTERNS:
+        space = get_space(model.module if ddp else model)
+        logger.warning(
+            "compile_slimmable: width_range %s gives %d channel patterns, so training compiles up to %d graphs "
+            "(%d patterns x %d frames-and-crops), one on the first use of each: most early iterations draw a new "
+            "pattern and wait for the compiler. Compiling pays off for evaluation (%d graphs); for training, "
+            "compare a few hundred iterations against eager before relying on it",
+            space.width_range, budget.channel_patterns, budget.train, budget.channel_patterns, budget.inputs,
+            budget.eval,
+        )
     return torch.compile(model, **compile_kwargs)
