@@ -9,7 +9,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mutualnet_video.core import SubnetConfig, current_config, distillation_loss, get_space, use_config
+from mutualnet_video.core import (
+    SubnetConfig,
+    current_config,
+    distillation_loss,
+    get_space,
+    scale_channels,
+    use_config,
+)
 from mutualnet_video.engine import SandwichSampler, SingleSampler, mutual_step
 from mutualnet_video.engine.mutual import detach_output
 from mutualnet_video.testing import create_toy_slimnet
@@ -252,19 +259,23 @@ def _compile_counts(model, run, rounds=2):
     return counts, sum(counters["graph_break"].values()) + sum(counters["unimplemented"].values()), limit
 
 
-def test_compile_slimmable_one_graph_per_configuration_beyond_the_recompile_limit():
-    """The toy's 20 evaluation configurations (more than dynamo's default limit of 8): one graph
-    each, outputs equal to eager, none recompiled in a second pass; training (mutual_step over
-    sandwich samples, backward) compiles at most one graph per channel pattern x input size and
-    nothing for samples already seen."""
+def test_compile_slimmable_static_one_graph_per_channel_pattern_and_input():
+    """Static shapes (``dynamic=False``): the toy's 20 evaluation configurations, with BN
+    statistics calibrated for each, run in one graph per (channel pattern, input size), here
+    8 (dynamo's default limit), outputs equal to eager, none recompiled in a
+    second pass (the statistics are read from tensors, not looked up by tag); training
+    (mutual_step over sandwich samples, backward) compiles at most one graph per channel
+    pattern x input size and nothing for samples already seen."""
     from mutualnet_video.engine import graph_budget
 
     torch.manual_seed(0)
     model = create_toy_slimnet(channels=8).eval()
     space = get_space(model)
     budget = graph_budget(model)
-    assert (budget.channel_patterns, budget.inputs, budget.eval) == (3, 4, 20)  # 8 and 16 channels
+    assert (budget.channel_patterns, budget.inputs, budget.eval) == (2, 4, 8)  # 8 and 16 channels
+    assert len(list(space)) == 20
     clip = torch.randn(2, 3, 4, 32, 32)
+    _store_random_stats(model, space)
 
     def evaluate(compiled):
         for subnet in space:
@@ -273,7 +284,7 @@ def test_compile_slimmable_one_graph_per_configuration_beyond_the_recompile_limi
                 torch.testing.assert_close(compiled(x), model(x))
 
     counts, breaks, limit = _compile_counts(model, evaluate)
-    assert counts == [20, 20] and breaks == 0 and limit >= budget.total
+    assert counts == [8, 8] and breaks == 0 and limit >= budget.total
 
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
@@ -289,9 +300,77 @@ def test_compile_slimmable_one_graph_per_configuration_beyond_the_recompile_limi
     assert 0 < counts[0] == counts[1] <= budget.train and breaks == 0
 
 
+def _store_random_stats(model, space):
+    """Distinct BN statistics for every configuration, as calibration leaves them."""
+    from mutualnet_video.core import SlimBatchNorm
+
+    gen = torch.Generator().manual_seed(3)
+    for cfg in space:
+        with use_config(model, cfg):
+            for module in model.modules():
+                if isinstance(module, SlimBatchNorm):
+                    n = module.num_features if cfg.width == 1.0 else scale_channels(module.num_features, cfg.width)
+                    module.store_stats(cfg, torch.randn(n, generator=gen), torch.rand(n, generator=gen) + 0.5)
+
+
+@pytest.mark.parametrize("make", ["toy", "toy_x3d", "toy_slowfast"])
+def test_plain_torch_compile_runs_the_space_in_a_few_graphs(make):
+    """``torch.compile(model)`` with dynamo's defaults (dynamic shapes, recompile limit 8):
+    the channel counts are read from tensor shapes, so they become dynamic sizes and a few
+    graphs serve every width. Training over 10 sandwiches (40 passes of random widths) and,
+    compiled apart, evaluation over the 20 configurations with calibrated statistics each
+    stay under the limit, add no graph in a second round, and give eager's outputs."""
+    from torch._dynamo.testing import CompileCounter
+
+    from mutualnet_video.testing import toy_slowfast, toy_x3d
+
+    torch.manual_seed(0)
+    model = {"toy": lambda: create_toy_slimnet(channels=16), "toy_x3d": toy_x3d, "toy_slowfast": toy_slowfast}[make]()
+    space = get_space(model)
+    alpha = getattr(space, "slowfast_alpha", None) or 1
+    clip = torch.randn(2, 3, max(space.frames) * alpha, 32, 32)
+    _store_random_stats(model, space)
+    generator = torch.Generator().manual_seed(0)
+    samples = [list(space.sandwich(generator)) for _ in range(10)]
+    assert len({cfg.width for sample in samples for cfg in sample}) > 8  # more widths than the limit
+
+    def fresh(t):
+        return [v.clone() for v in t] if isinstance(t, list) else t.clone()
+
+    def train(compiled):
+        model.train()
+        for sample in samples:
+            for cfg in sample:
+                x = space.model_input(clip, cfg)
+                with use_config(model, cfg):
+                    torch.manual_seed(1)
+                    out = compiled(fresh(x))
+                    out.sum().backward()
+                    torch.manual_seed(1)
+                    torch.testing.assert_close(out.detach(), model(fresh(x)).detach(), rtol=1e-5, atol=1e-5)
+
+    def evaluate(compiled):
+        model.eval()
+        for cfg in space:
+            x = space.model_input(clip, cfg)
+            with use_config(model, cfg), torch.no_grad():
+                torch.testing.assert_close(compiled(fresh(x)), model(fresh(x)))
+
+    for run in (train, evaluate):
+        torch._dynamo.reset()
+        counter, counts = CompileCounter(), []
+        with torch._dynamo.config.patch(recompile_limit=8):
+            compiled = torch.compile(model, backend=counter)
+            for _ in range(2):
+                run(compiled)
+                counts.append(counter.frame_count)
+        assert counts[0] == counts[1] < 8, (run.__name__, counts)
+
+
 def test_compile_slimmable_warns_where_training_would_keep_compiling(caplog):
-    """A space of many channel patterns (every full-size model: X3D-XS has 198) makes training
-    compile a graph on most early iterations: compile_slimmable says so; a small one does not."""
+    """With static shapes, a space of many channel patterns (every full-size model: X3D-XS
+    has 198) makes training compile a graph on most early iterations: compile_slimmable says
+    so; with dynamic shapes (the default) or a small space it does not."""
     import logging
 
     from mutualnet_video.engine import compile_slimmable, graph_budget
@@ -299,12 +378,13 @@ def test_compile_slimmable_warns_where_training_would_keep_compiling(caplog):
     few = create_toy_slimnet(channels=8)
     many = create_toy_slimnet(channels=256, width_range=(0.25, 1.0))
     budget = graph_budget(many)
-    assert graph_budget(few).channel_patterns == 3 and budget.channel_patterns > 16
+    assert graph_budget(few).channel_patterns == 2 and budget.channel_patterns > 16
     with torch._dynamo.config.patch(recompile_limit=8, accumulated_recompile_limit=256), \
             caplog.at_level(logging.WARNING, logger="mutualnet_video.engine.compile"):
-        compile_slimmable(few)  # torch.compile is lazy: nothing compiles here
-        assert not caplog.records
+        compile_slimmable(few, dynamic=False)  # torch.compile is lazy: nothing compiles here
         compile_slimmable(many)
+        assert not caplog.records
+        compile_slimmable(many, dynamic=False)
     (record,) = caplog.records
     assert record.levelno == logging.WARNING
     assert f"{budget.channel_patterns} channel patterns" in record.getMessage()

@@ -289,6 +289,20 @@ def _tensor_key(t: torch.Tensor | None) -> tuple[int, int] | None:
     return None if t is None else (t.data_ptr(), t._version)
 
 
+def _size_carriers(state: tuple | None) -> tuple | None:
+    """Empty tensors ``[n, 0]`` whose first size is each channel count of ``state`` (the
+    active outputs, and each in_splits part's active channels): what a compiled forward
+    reads them from, so that dynamo treats them as (dynamic) tensor sizes, not constants."""
+    if state is None:
+        return None
+    parts = None if state[3] is None else tuple(_carrier(n) for n in state[3])
+    return _carrier(state[2]), parts
+
+
+def _carrier(size: int) -> torch.Tensor:
+    return torch.empty((size, 0))
+
+
 class _SlimWeightMixin(SlimmableModule):
     """Shared slicing for conv and linear layers (weight dims: out, in, ...).
 
@@ -304,6 +318,7 @@ class _SlimWeightMixin(SlimmableModule):
     """
 
     _inference_slice: tuple | None = None
+    _size_carriers: tuple | None = None
 
     def _init_slim(self, slim_out: bool, in_splits, full_in: int, full_out: int) -> None:
         self._full_in = full_in
@@ -342,6 +357,11 @@ class _SlimWeightMixin(SlimmableModule):
     def _drop_caches(self) -> None:
         self.__dict__["_slim_state"] = None
         self.__dict__["_inference_slice"] = None
+        self.__dict__["_size_carriers"] = None
+
+    def set_subnet(self, cfg: SubnetConfig | None) -> None:  # noqa: D102 (SlimmableModule's)
+        super().set_subnet(cfg)
+        self.__dict__["_size_carriers"] = _size_carriers(self._slim_state)
 
     def _apply(self, fn, recurse=True):  # new tensors (device, dtype): drop the cached slice
         self._drop_caches()
@@ -388,7 +408,30 @@ class _SlimWeightMixin(SlimmableModule):
             state = self._new_state()
             if not torch.compiler.is_compiling():
                 self.__dict__["_slim_state"] = state
+                self.__dict__["_size_carriers"] = _size_carriers(state)
         return state
+
+    def _traced_slice(self, in_active: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The active weight and bias inside a compiled region, sized by the shapes of
+        :func:`_size_carriers` (set with the configuration, outside the region) instead of
+        Python ints: dynamo makes a size that changes between calls dynamic, so one graph
+        serves every channel pattern, where ints would specialize a graph on each (X3D-XS
+        over width [0.5, 1] has 198). No checks here: aten's conv / linear checks the shapes."""
+        out_carrier, part_carriers = self._size_carriers
+        weight, bias = self.weight, self.bias
+        if getattr(self, "_depthwise", False):
+            return weight[:in_active], None if bias is None else bias[:in_active]
+        out_active = out_carrier.shape[0]
+        weight = weight[:out_active]
+        if part_carriers is None:
+            weight = weight[:, :in_active]
+        else:
+            parts, offset = [], 0
+            for (channels, _), carrier in zip(self._in_splits, part_carriers):
+                parts.append(torch.arange(offset, offset + carrier.shape[0], device=weight.device))
+                offset += channels
+            weight = weight.index_select(1, torch.cat(parts))
+        return weight, None if bias is None else bias[:out_active]
 
     def _split_index(self, in_active: int) -> torch.Tensor | None:
         """Indices of the active inputs when the input is a concatenation, else None (kept
@@ -510,6 +553,9 @@ class _SlimConvNd(_SlimWeightMixin):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         in_active = x.shape[1]
+        if self._size_carriers is not None and torch.compiler.is_compiling():
+            weight, bias = self._traced_slice(in_active)
+            return self._conv_forward(x, weight, bias, in_active if self._depthwise else 1)
         state = self._slim_state
         if state is None or state[0] is not self.subnet:
             state = self._state()
@@ -592,6 +638,8 @@ class SlimLinear(_SlimWeightMixin, nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         in_active = x.shape[-1]
+        if self._size_carriers is not None and torch.compiler.is_compiling():
+            return F.linear(x, *self._traced_slice(in_active))
         state = self._slim_state
         if state is None or state[0] is not self.subnet:
             state = self._state()
@@ -616,8 +664,21 @@ class SlimBatchNorm(SlimmableModule):
 
     _STATS_KEY = "config_stats."
 
+    # the stored statistics of the active configuration, kept with it (set_subnet) and
+    # with every change of config_stats made here: what a compiled forward reads, so that
+    # it does not look them up by tag (dynamo would specialize a graph on each tag)
+    _active_stats: tuple[torch.Tensor, torch.Tensor] | None = None
+
     def _init_stats(self) -> None:
         self.config_stats: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def set_subnet(self, cfg: SubnetConfig | None) -> None:  # noqa: D102 (SlimmableModule's)
+        super().set_subnet(cfg)
+        self._refresh_active_stats()
+
+    def _refresh_active_stats(self) -> None:
+        subnet = self.subnet
+        self.__dict__["_active_stats"] = None if subnet is None else self.config_stats.get(subnet.tag)
 
     # -- statistics per configuration -------------------------------------------------
     def store_stats(self, cfg: SubnetConfig, mean: torch.Tensor, var: torch.Tensor) -> None:
@@ -628,12 +689,14 @@ class SlimBatchNorm(SlimmableModule):
                 f"{self.num_features} channels, got {tuple(mean.shape)} and {tuple(var.shape)}"
             )
         self.config_stats[cfg.tag] = (mean.detach().clone(), var.detach().clone())
+        self._refresh_active_stats()
 
     def has_stats(self, cfg: SubnetConfig) -> bool:
         return cfg.tag in self.config_stats
 
     def clear_stats(self) -> None:
         self.config_stats.clear()
+        self._refresh_active_stats()
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         super()._save_to_state_dict(destination, prefix, keep_vars)  # type: ignore[misc]
@@ -664,6 +727,7 @@ class SlimBatchNorm(SlimmableModule):
         super()._load_from_state_dict(  # type: ignore[misc]
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
+        self._refresh_active_stats()
 
     # -- forward ----------------------------------------------------------------------
     _eval_cache: tuple | None = None
@@ -672,6 +736,7 @@ class SlimBatchNorm(SlimmableModule):
         self.__dict__["_eval_cache"] = None
         result = super()._apply(fn, recurse)  # type: ignore[misc]
         self.config_stats = {tag: (fn(m), fn(v)) for tag, (m, v) in self.config_stats.items()}
+        self._refresh_active_stats()
         return result
 
     def _new_state(self) -> tuple:
@@ -734,8 +799,16 @@ class SlimBatchNorm(SlimmableModule):
     def _slim_forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input_dim(x)  # type: ignore[attr-defined]
         channels = x.shape[1]
-        stored = None if self.training else self._stored_stats()
-        if stored is None and channels == self.num_features:
+        compiling = torch.compiler.is_compiling()
+        if self.training:
+            stored = None
+        elif compiling:
+            stored = self._active_stats
+        else:
+            stored = self._stored_stats()
+        # compiled: the general path at every width (a branch on the channel count would
+        # specialize a graph on full width)
+        if stored is None and not compiling and channels == self.num_features:
             return super().forward(x)  # type: ignore[misc]
         if channels > self.num_features:
             raise RuntimeError(

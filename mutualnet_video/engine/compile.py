@@ -1,27 +1,27 @@
 """``torch.compile`` of a slimmable model, with dynamo's recompile limit sized to its space.
 
-A compiled slimmable model specializes each graph on what its slim layers read in
-forward: the active channel counts of every layer (training), the configuration's tag
-(evaluation: BatchNorm picks the statistics calibrated for it) and, unless dynamo makes
-them dynamic, the input's frames and crop. Switching back to a configuration already
-run reuses its graph; nothing is recompiled. The number of graphs is bounded by:
+A slimmable model's layers read, in a compiled forward, the active channel counts from the
+shapes of small tensors set with the configuration (``core.layers._size_carriers``) and
+BatchNorm's calibrated statistics from the tensors kept with it, not from Python ints or
+the configuration's tag. So with dynamo's default dynamic shapes, a size that changes
+between calls (a layer's channel count, the frames, the crop) becomes dynamic at its
+first change, and a handful of graphs serve the whole space: a few static ones first,
+then dynamic ones, and one more where a dynamic size takes a value a graph had excluded.
+Switching back to a configuration already run reuses its graph.
+
+With ``dynamic=False`` every size is a constant, and the number of graphs is bounded by
+:func:`graph_budget`:
 
 * training: the distinct channel patterns over the width range (widths are drawn
   uniformly, but the layers round their channels to multiples of 8, so many widths share
   one pattern) x frames x crops;
-* evaluation: the configurations of the evaluation grid (``space.grid()``).
-
-With dynamo's default dynamic shapes, frames and crops usually collapse into one graph
-per pattern after the first change of input size (fewer graphs); ``dynamic=False`` gives
-exactly the bound above. Dynamo stops compiling a function after ``recompile_limit`` (8)
-graphs and runs it eagerly from then on, which a space of more configurations reaches:
-:func:`compile_slimmable` raises the limit to the bound and logs it.
+* evaluation: the distinct channel patterns of the evaluation widths x frames x crops.
 
 The full-size models have many patterns: X3D-XS over width [0.5, 1] has 198 (up to 1,782
-training graphs over its 9 frames x crops), Slow and SlowFast R50 254. A training run then
-compiles on most of its early iterations; :func:`compile_slimmable` warns where a space
-has more than ``MANY_PATTERNS`` patterns. The channel counts are Python ints that the
-graphs specialize on; one graph for all widths would need them to be dynamic sizes.
+static training graphs over its 9 frames x crops), Slow and SlowFast R50 253, so static
+shapes suit a small evaluation grid, not training (:func:`compile_slimmable` warns).
+Dynamo stops compiling a function after ``recompile_limit`` (8) graphs and runs it eagerly
+from then on: :func:`compile_slimmable` raises the limit to the static bound and logs it.
 """
 
 from __future__ import annotations
@@ -39,8 +39,8 @@ __all__ = ["compile_slimmable", "graph_budget", "GraphBudget"]
 
 logger = logging.getLogger(__name__)
 
-# above this many channel patterns compile_slimmable warns that training keeps compiling
-# (the toy nets have 3; X3D-XS over width [0.5, 1] has 198, Slow / SlowFast R50 254)
+# above this many channel patterns compile_slimmable(dynamic=False) warns that training keeps
+# compiling (the toy net has 2; X3D-XS over width [0.5, 1] has 198, Slow / SlowFast R50 253)
 MANY_PATTERNS = 16
 
 
@@ -51,7 +51,7 @@ class GraphBudget:
     channel_patterns: int  # distinct channel counts of the layers over the width range
     inputs: int  # frames x crops
     train: int  # channel_patterns x inputs
-    eval: int  # configurations of the evaluation grid
+    eval: int  # distinct (channel pattern, frames, crop) of the evaluation grid
 
     @property
     def total(self) -> int:
@@ -73,12 +73,18 @@ def _slimmed_channels(model: nn.Module) -> list[int]:
     return sorted(counts)
 
 
+def _pattern(w: float, counts: list[int]) -> tuple:
+    """The channel pattern of width ``w``: each count's active channels (a compiled forward
+    runs the same code at full width, so a width that keeps every channel shares its graph)."""
+    return tuple(scale_channels(c, w) for c in counts)
+
+
 def _channel_patterns(lo: float, hi: float, counts: list[int]) -> int:
-    """Distinct ``(scale_channels(c, w) for c in counts)`` (and whether ``w == 1``) over
-    ``w in [lo, hi]``: each count is non-decreasing in ``w``, so an interval whose ends give
-    the same pattern has no other inside; bisect the others down to 1e-9."""
+    """Distinct :func:`_pattern` over ``w in [lo, hi]``: each count is non-decreasing in
+    ``w``, so an interval whose ends give the same pattern has no other inside; bisect the
+    others down to 1e-9."""
     def key(w: float) -> tuple:
-        return (w == 1.0, *(scale_channels(c, w) for c in counts))
+        return _pattern(w, counts)
 
     seen = {key(lo), key(hi)}
     stack = [(lo, hi, key(lo), key(hi))]
@@ -94,14 +100,16 @@ def _channel_patterns(lo: float, hi: float, counts: list[int]) -> int:
 
 
 def graph_budget(model: nn.Module, space: ConfigSpace | None = None) -> GraphBudget:
-    """The most graphs ``torch.compile(model)`` builds over ``space`` (default: the model's)."""
+    """The most graphs ``torch.compile(model, dynamic=False)`` builds over ``space``
+    (default: the model's); dynamo's default dynamic shapes build far fewer."""
     space = get_space(model) if space is None else space
     if space is None:
         raise TypeError(f"{type(model).__name__} has no ConfigSpace (attach_space / our builders)")
-    patterns = _channel_patterns(*space.width_range, _slimmed_channels(model))
+    counts = _slimmed_channels(model)
+    patterns = _channel_patterns(*space.width_range, counts)
     inputs = len(space.frames) * len(space.crops)
     return GraphBudget(channel_patterns=patterns, inputs=inputs, train=patterns * inputs,
-                       eval=len({cfg.tag for cfg in space.grid()}))
+                       eval=len({(_pattern(c.width, counts), c.frames, c.crop) for c in space.grid()}))
 
 
 def compile_slimmable(model: nn.Module, **compile_kwargs: Any) -> nn.Module:
@@ -124,19 +132,18 @@ def compile_slimmable(model: nn.Module, **compile_kwargs: Any) -> nn.Module:
     config.recompile_limit = max(config.recompile_limit, budget.total)
     config.accumulated_recompile_limit = max(config.accumulated_recompile_limit, 2 * budget.total)
     logger.info(
-        "compile_slimmable: at most %d graphs (training: %d channel patterns x %d inputs; evaluation: %d "
-        "configurations); torch._dynamo recompile_limit %d -> %d, accumulated_recompile_limit %d -> %d",
+        "compile_slimmable: at most %d graphs with static shapes (training: %d channel patterns x %d inputs; "
+        "evaluation: %d); torch._dynamo recompile_limit %d -> %d, accumulated_recompile_limit %d -> %d",
         budget.total, budget.channel_patterns, budget.inputs, budget.eval,
         before[0], config.recompile_limit, before[1], config.accumulated_recompile_limit,
     )
-    if budget.channel_patterns > MANY_PATTERNS:
+    if compile_kwargs.get("dynamic") is False and budget.channel_patterns > MANY_PATTERNS:
         space = get_space(model.module if ddp else model)
         logger.warning(
-            "compile_slimmable: width_range %s gives %d channel patterns, so training compiles up to %d graphs "
-            "(%d patterns x %d frames-and-crops), one on the first use of each: most early iterations draw a new "
-            "pattern and wait for the compiler. Compiling pays off for evaluation (%d graphs); for training, "
-            "compare a few hundred iterations against eager before relying on it",
+            "compile_slimmable: with dynamic=False, width_range %s gives %d channel patterns, so training "
+            "compiles up to %d graphs (%d patterns x %d frames-and-crops), one on the first use of each: most "
+            "early iterations draw a new pattern and wait for the compiler. Leave dynamic at its default "
+            "(channel counts then become dynamic sizes: a handful of graphs)",
             space.width_range, budget.channel_patterns, budget.train, budget.channel_patterns, budget.inputs,
-            budget.eval,
         )
     return torch.compile(model, **compile_kwargs)
