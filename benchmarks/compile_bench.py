@@ -11,9 +11,11 @@ Two parts, each timing eager and compiled interleaved, round after round:
   each with its optimizer).
 
 The compiled model is ``mutualnet_video.engine.compile_slimmable(model)`` (dynamo's recompile
-limit raised to the space's graph budget) with a counting inductor backend: it reports the
-graphs compiled (at most one per configuration; none in the timed rounds, which run
-configurations already seen) and the compile time (first pass, compiled minus eager).
+limit raised to the space's static graph budget) with a counting inductor backend: it reports
+the graphs compiled (with dynamic shapes, the default, a few for the whole space: channel
+counts, frames and crops become dynamic sizes; at most one per configuration with
+``--dynamic false``; none in the timed rounds, which run configurations already seen) and
+the compile time (first pass, compiled minus eager).
 
     python benchmarks/compile_bench.py                      # the toy network, 3 widths x 2 frames x 2 crops
     python benchmarks/compile_bench.py --model x3d_xs --crops 64 48 --frames 4 2 --widths 1.0 0.5
