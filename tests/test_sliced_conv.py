@@ -101,6 +101,8 @@ def test_matrix_product_path_only_where_it_applies():
         assert not layer._gemm_reads_slice(torch.randn(1, 8, 8, 6, 6), 32)  # 288 positions > 32 outputs
         assert not layer._gemm_reads_slice(torch.randn(1, 16, 2, 3, 3), 32)  # the full input: a contiguous slice
         assert not layer._gemm_reads_slice(x.transpose(3, 4), 32)  # not contiguous
+        channels_last = copy.deepcopy(layer).to(memory_format=torch.channels_last_3d)
+        assert not channels_last._gemm_reads_slice(x, 32)  # a channels-last weight has no (out, in*K) view
         with torch.no_grad():
             assert not layer._gemm_reads_slice(x, 32)  # inference has its cached contiguous slice
         with torch.autocast("cpu", dtype=torch.bfloat16):

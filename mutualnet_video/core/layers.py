@@ -596,7 +596,7 @@ class _SlimConvNd(_SlimWeightMixin):
                 or not torch.is_grad_enabled() or torch.compiler.is_compiling()):
             return False
         if (x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32
-                or torch.is_autocast_enabled("cpu") or not x.is_contiguous()
+                or torch.is_autocast_enabled("cpu") or not x.is_contiguous() or not weight.is_contiguous()
                 or self.padding_mode != "zeros" or isinstance(self.padding, str) or self.groups != 1
                 or any(d != 1 for d in self.dilation)):
             return False
