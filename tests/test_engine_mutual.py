@@ -367,6 +367,25 @@ def test_plain_torch_compile_runs_the_space_in_a_few_graphs(make):
         assert counts[0] == counts[1] < 8, (run.__name__, counts)
 
 
+def test_compiled_bn_of_a_module_from_before_active_stats_uses_its_calibrated_statistics():
+    """A BN layer without ``_active_stats`` in its instance (unpickled from an older version,
+    not switched since) looks its statistics up by tag in a compiled region, as eagerly."""
+    from mutualnet_video.core import SlimBatchNorm
+
+    torch.manual_seed(0)
+    model = create_toy_slimnet(channels=16).eval()
+    space = get_space(model)
+    _store_random_stats(model, space)
+    cfg = SubnetConfig(0.5, max(space.frames), max(space.crops))
+    x = space.model_input(torch.randn(2, 3, 4, 32, 32), cfg)
+    with use_config(model, cfg), torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, SlimBatchNorm):
+                module.__dict__.pop("_active_stats")
+        torch._dynamo.reset()
+        torch.testing.assert_close(torch.compile(model, backend="eager")(x), model(x))
+
+
 def test_compile_slimmable_warns_where_training_would_keep_compiling(caplog):
     """With static shapes, a space of many channel patterns (every full-size model: X3D-XS
     has 198) makes training compile a graph on most early iterations: compile_slimmable says

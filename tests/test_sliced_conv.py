@@ -129,3 +129,22 @@ def test_matrix_product_pass_checks_the_input_channels():
     layer, _ = _layer_and_input(in_splits=((8, True), (8, True)))
     with slice_grads(), pytest.raises(RuntimeError, match="in_splits"):
         layer(torch.randn(1, 7, 2, 3, 3, requires_grad=True))  # width 0.5 expects 4 + 4
+
+
+@pytest.mark.filterwarnings("ignore:grad and param do not obey the gradient layout contract")  # the reference's
+def test_matrix_product_pass_adds_into_a_channels_last_grad():
+    """An existing ``.grad`` in another layout (no ``(out, in*K)`` view) still gets the
+    slice's gradient added, as autograd would."""
+    torch.manual_seed(0)
+    layer = SlimConv2d(16, 512, 3, padding=1)
+    layer.set_subnet(SubnetConfig(0.5, 4, 32))
+    x = torch.randn(1, 8, 2, 2, requires_grad=True)
+    initial = torch.randn_like(layer.weight).to(memory_format=torch.channels_last)
+    layer.weight.grad = initial.clone()
+    with slice_grads():
+        assert layer._gemm_reads_slice(x, 256)
+        out = layer(x)
+        grad_out = torch.randn_like(out)
+        out.backward(grad_out)
+    _, _, expected, _ = _expected(layer, x, grad_out, initial)
+    torch.testing.assert_close(layer.weight.grad, expected, rtol=1e-5, atol=1e-5)

@@ -246,7 +246,9 @@ class _SlicedConvIntoGrad(torch.autograd.Function):
         target = param.grad
         if target is None:
             target = torch.zeros_like(param)
-        target2d = target.view(param.shape[0], -1)[:out_active]
+        # a .grad in another layout (channels_last) has no (out, in*K) view: add through a buffer
+        dest = target if target.is_contiguous() else torch.zeros(param.shape, dtype=target.dtype, device=target.device)
+        target2d = dest.view(param.shape[0], -1)[:out_active]
         matrix = param.view(param.shape[0], -1)[:out_active]
         grad_cols = torch.empty_like(cols) if ctx.needs_input_grad[0] else None
         row = 0
@@ -257,6 +259,8 @@ class _SlicedConvIntoGrad(torch.autograd.Function):
             if grad_cols is not None:
                 torch.mm(matrix[:, span].t(), grad2d, out=grad_cols[rows])
             row += channels * kernel
+        if dest is not target:
+            target.add_(dest)
         if param.grad is None:
             param.grad = target
         grad_x = None
@@ -802,9 +806,9 @@ class SlimBatchNorm(SlimmableModule):
         compiling = torch.compiler.is_compiling()
         if self.training:
             stored = None
-        elif compiling:
+        elif compiling and "_active_stats" in self.__dict__:
             stored = self._active_stats
-        else:
+        else:  # (a module unpickled from before _active_stats: looked up by tag, also when compiled)
             stored = self._stored_stats()
         # compiled: the general path at every width (a branch on the channel count would
         # specialize a graph on full width)
