@@ -22,6 +22,7 @@ calibration), see :class:`SlimBatchNorm`.
 
 from __future__ import annotations
 
+import math
 import operator
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -196,14 +197,7 @@ def _im2col(x: torch.Tensor, ksize: tuple[int, ...], stride: tuple[int, ...],
         x = x.unfold(2 + d, k, s)  # [N, C, *out, *kernel]
     nd = len(ksize)
     perm = [1, *range(2 + nd, 2 + 2 * nd), 0, *range(2, 2 + nd)]
-    return x.permute(perm).reshape(x.shape[1] * _prod(ksize), -1)
-
-
-def _prod(sizes: Sequence[int]) -> int:
-    total = 1
-    for s in sizes:
-        total *= s
-    return total
+    return x.permute(perm).reshape(x.shape[1] * math.prod(ksize), -1)
 
 
 class _SlicedConvIntoGrad(torch.autograd.Function):
@@ -218,7 +212,7 @@ class _SlicedConvIntoGrad(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, out_active, blocks, stride, padding):  # noqa: D102
         ksize = tuple(weight.shape[2:])
-        kernel = _prod(ksize)
+        kernel = math.prod(ksize)
         out_size = tuple((s + 2 * p - k) // st + 1 for s, k, st, p in zip(x.shape[2:], ksize, stride, padding))
         cols = _im2col(x, ksize, stride, padding)
         matrix = weight.view(weight.shape[0], -1)[:out_active]
@@ -241,7 +235,7 @@ class _SlicedConvIntoGrad(torch.autograd.Function):
         (cols,) = ctx.saved_tensors
         out_active, blocks, ksize, stride, padding, x_shape, out_size = ctx.meta
         param = ctx.param
-        kernel = _prod(ksize)
+        kernel = math.prod(ksize)
         grad2d = grad.transpose(0, 1).reshape(out_active, -1)  # [out, N * L]
         target = param.grad
         if target is None:
@@ -299,12 +293,16 @@ def _size_carriers(state: tuple | None) -> tuple | None:
     reads them from, so that dynamo treats them as (dynamic) tensor sizes, not constants."""
     if state is None:
         return None
-    parts = None if state[3] is None else tuple(_carrier(n) for n in state[3])
-    return _carrier(state[2]), parts
+    parts = None if state[3] is None else tuple(torch.empty((n, 0)) for n in state[3])
+    return torch.empty((state[2], 0)), parts
 
 
-def _carrier(size: int) -> torch.Tensor:
-    return torch.empty((size, 0))
+def _part_starts(in_splits: InSplits) -> list[int]:
+    """The first input channel of each part of ``in_splits`` (of the full input)."""
+    starts = [0]
+    for channels, _ in in_splits[:-1]:
+        starts.append(starts[-1] + channels)
+    return starts
 
 
 class _SlimWeightMixin(SlimmableModule):
@@ -418,8 +416,8 @@ class _SlimWeightMixin(SlimmableModule):
     def _traced_slice(self, in_active: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The active weight and bias inside a compiled region, sized by the shapes of
         :func:`_size_carriers` (set with the configuration, outside the region) instead of
-        Python ints: dynamo makes a size that changes between calls dynamic, so one graph
-        serves every channel pattern, where ints would specialize a graph on each (X3D-XS
+        Python ints: dynamo makes a size that changes between calls dynamic, so a few graphs
+        serve every channel pattern, where ints would specialize a graph on each (X3D-XS
         over width [0.5, 1] has 198). No checks here: aten's conv / linear checks the shapes."""
         out_carrier, part_carriers = self._size_carriers
         weight, bias = self.weight, self.bias
@@ -430,10 +428,8 @@ class _SlimWeightMixin(SlimmableModule):
         if part_carriers is None:
             weight = weight[:, :in_active]
         else:
-            parts, offset = [], 0
-            for (channels, _), carrier in zip(self._in_splits, part_carriers):
-                parts.append(torch.arange(offset, offset + carrier.shape[0], device=weight.device))
-                offset += channels
+            parts = [torch.arange(start, start + carrier.shape[0], device=weight.device)
+                     for start, carrier in zip(_part_starts(self._in_splits), part_carriers)]
             weight = weight.index_select(1, torch.cat(parts))
         return weight, None if bias is None else bias[:out_active]
 
@@ -453,11 +449,8 @@ class _SlimWeightMixin(SlimmableModule):
                 f"{type(self).__name__}: input has {in_active} channels but in_splits "
                 f"{self._in_splits} at width {self.width:g} expect {expected}"
             )
-        parts, offset = [], 0
-        for (channels, _), active in zip(self._in_splits, active_parts):
-            parts.append(torch.arange(offset, offset + active, device=self.weight.device))
-            offset += channels
-        index = torch.cat(parts)
+        index = torch.cat([torch.arange(start, start + active, device=self.weight.device)
+                           for start, active in zip(_part_starts(self._in_splits), active_parts)])
         if not compiling:
             self._index_cache[key] = index
         return index
@@ -571,10 +564,7 @@ class _SlimConvNd(_SlimWeightMixin):
                 blocks: tuple[tuple[int, int], ...] = ((0, in_active),)
             else:
                 self._split_index(in_active)  # checks in_active against the parts (kept, no graph here)
-                starts = [0]
-                for channels, _ in self._in_splits[:-1]:
-                    starts.append(starts[-1] + channels)
-                blocks = tuple(zip(starts, state[3]))
+                blocks = tuple(zip(_part_starts(self._in_splits), state[3]))
             bias = None if self.bias is None else self.bias[:state[2]]
             return _SlicedConvIntoGrad.apply(x, self.weight, bias, state[2], blocks, self.stride, self.padding)
         weight, bias = self._active_slice(in_active, state)

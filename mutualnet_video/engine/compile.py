@@ -83,17 +83,14 @@ def _channel_patterns(lo: float, hi: float, counts: list[int]) -> int:
     """Distinct :func:`_pattern` over ``w in [lo, hi]``: each count is non-decreasing in
     ``w``, so an interval whose ends give the same pattern has no other inside; bisect the
     others down to 1e-9."""
-    def key(w: float) -> tuple:
-        return _pattern(w, counts)
-
-    seen = {key(lo), key(hi)}
-    stack = [(lo, hi, key(lo), key(hi))]
+    seen = {_pattern(lo, counts), _pattern(hi, counts)}
+    stack = [(lo, hi, _pattern(lo, counts), _pattern(hi, counts))]
     while stack:
         a, b, ka, kb = stack.pop()
         if ka == kb or b - a < 1e-9:
             continue
         mid = (a + b) / 2
-        km = key(mid)
+        km = _pattern(mid, counts)
         seen.add(km)
         stack += [(a, mid, ka, km), (mid, b, km, kb)]
     return len(seen)
