@@ -10,6 +10,7 @@ from .layers import (
     SlimConv3d,
     SlimLinear,
     SlimmableModule,
+    hint_dynamic_sizes,
     slice_grads,
     slice_grads_enabled,
 )
@@ -27,6 +28,7 @@ from .sync_bn import SlimSyncBatchNorm, SlimSyncBatchNorm2d, SlimSyncBatchNorm3d
 from .width import make_divisible, scale_channels
 
 __all__ = [
+    "hint_dynamic_sizes",
     "slice_grads",
     "slice_grads_enabled",
     "ConfigSpace",

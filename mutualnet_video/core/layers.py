@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import operator
+import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -46,6 +47,7 @@ __all__ = [
     "InSplits",
     "slice_grads",
     "slice_grads_enabled",
+    "hint_dynamic_sizes",
 ]
 
 InSplits = tuple[tuple[int, bool], ...]
@@ -59,6 +61,9 @@ class SlimmableModule:
     # (``(subnet, ...)``; rebuilt whenever ``subnet`` is another object). Class default: a
     # module unpickled from an older version has no instance value.
     _slim_state: tuple | None = None
+    # whether the sizes a compiled forward reads (channel counts, stored statistics) are
+    # hinted dynamic to torch.compile (see hint_dynamic_sizes)
+    _hint_dynamic: bool = True
 
     def set_subnet(self, cfg: SubnetConfig | None) -> None:
         """Follow ``cfg`` (``None``: the full layer). Called by ``set_config``.
@@ -287,14 +292,43 @@ def _tensor_key(t: torch.Tensor | None) -> tuple[int, int] | None:
     return None if t is None else (t.data_ptr(), t._version)
 
 
-def _size_carriers(state: tuple | None) -> tuple | None:
+def hint_dynamic_sizes(module: nn.Module, enabled: bool = True) -> None:
+    """Whether the slim layers of ``module`` hint ``torch.compile`` that the sizes their
+    compiled forward reads change between calls (on by default).
+
+    Those sizes are the active channel counts (read from the shapes of small tensors set
+    with the configuration) and BatchNorm's stored statistics of the configuration. With
+    the hint (``torch._dynamo.maybe_mark_dynamic``, set once dynamo is imported) the first
+    graph that reads them already has them dynamic, where dynamo's automatic dynamic shapes
+    would build a graph specialized on the first values, then a dynamic one. A hint
+    overrides ``torch.compile(..., dynamic=False)``: turn it off for static shapes, as
+    :func:`mutualnet_video.engine.compile_slimmable` does for ``dynamic=False``. Applies
+    to the active configuration at once and to every later one.
+    """
+    for layer in module.modules():
+        if isinstance(layer, SlimmableModule):
+            layer.__dict__["_hint_dynamic"] = bool(enabled)
+            layer.set_subnet(layer.subnet)  # rebuilds what the forward reads, with(out) hints
+
+
+def _mark_dynamic(t: torch.Tensor, hint: bool) -> torch.Tensor:
+    """``t``, its first size hinted dynamic to dynamo if ``hint``. Only once dynamo is
+    imported (``torch.compile`` imports it): eager use does not pay for its import."""
+    dynamo = sys.modules.get("torch._dynamo") if hint else None
+    if dynamo is not None:
+        dynamo.maybe_mark_dynamic(t, 0)
+    return t
+
+
+def _size_carriers(state: tuple | None, hint: bool) -> tuple | None:
     """Empty tensors ``[n, 0]`` whose first size is each channel count of ``state`` (the
     active outputs, and each in_splits part's active channels): what a compiled forward
-    reads them from, so that dynamo treats them as (dynamic) tensor sizes, not constants."""
+    reads them from, so that dynamo treats them as dynamic tensor sizes, not constants;
+    hinted dynamic if ``hint`` (:func:`hint_dynamic_sizes`)."""
     if state is None:
         return None
-    parts = None if state[3] is None else tuple(torch.empty((n, 0)) for n in state[3])
-    return torch.empty((state[2], 0)), parts
+    parts = None if state[3] is None else tuple(_mark_dynamic(torch.empty((n, 0)), hint) for n in state[3])
+    return _mark_dynamic(torch.empty((state[2], 0)), hint), parts
 
 
 def _part_starts(in_splits: InSplits) -> list[int]:
@@ -363,7 +397,7 @@ class _SlimWeightMixin(SlimmableModule):
 
     def set_subnet(self, cfg: SubnetConfig | None) -> None:  # noqa: D102 (SlimmableModule's)
         super().set_subnet(cfg)
-        self.__dict__["_size_carriers"] = _size_carriers(self._slim_state)
+        self.__dict__["_size_carriers"] = _size_carriers(self._slim_state, self._hint_dynamic)
 
     def _apply(self, fn, recurse=True):  # new tensors (device, dtype): drop the cached slice
         self._drop_caches()
@@ -410,7 +444,7 @@ class _SlimWeightMixin(SlimmableModule):
             state = self._new_state()
             if not torch.compiler.is_compiling():
                 self.__dict__["_slim_state"] = state
-                self.__dict__["_size_carriers"] = _size_carriers(state)
+                self.__dict__["_size_carriers"] = _size_carriers(state, self._hint_dynamic)
         return state
 
     def _traced_slice(self, in_active: int) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -418,7 +452,9 @@ class _SlimWeightMixin(SlimmableModule):
         :func:`_size_carriers` (set with the configuration, outside the region) instead of
         Python ints: dynamo makes a size that changes between calls dynamic, so a few graphs
         serve every channel pattern, where ints would specialize a graph on each (X3D-XS
-        over width [0.5, 1] has 198). No checks here: aten's conv / linear checks the shapes."""
+        over width [0.5, 1] has 198). No checks here: aten's conv / linear checks the shapes.
+        A conv's slice of the input channels is copied contiguous: a strided one is contiguous
+        only at full width, and conv's backend choice (with several threads) would guard on that."""
         out_carrier, part_carriers = self._size_carriers
         weight, bias = self.weight, self.bias
         if getattr(self, "_depthwise", False):
@@ -427,6 +463,8 @@ class _SlimWeightMixin(SlimmableModule):
         weight = weight[:out_active]
         if part_carriers is None:
             weight = weight[:, :in_active]
+            if weight.dim() > 2:  # a conv's: contiguous (see the docstring), no graph specialized on full width
+                weight = weight.clone(memory_format=torch.contiguous_format)
         else:
             parts = [torch.arange(start, start + carrier.shape[0], device=weight.device)
                      for start, carrier in zip(_part_starts(self._in_splits), part_carriers)]
@@ -672,7 +710,10 @@ class SlimBatchNorm(SlimmableModule):
 
     def _refresh_active_stats(self) -> None:
         subnet = self.subnet
-        self.__dict__["_active_stats"] = None if subnet is None else self.config_stats.get(subnet.tag)
+        stats = None if subnet is None else self.config_stats.get(subnet.tag)
+        if stats is not None:  # aliases (not views) hinted dynamic: their size is the channel count
+            stats = tuple(_mark_dynamic(t.detach(), self._hint_dynamic) for t in stats)
+        self.__dict__["_active_stats"] = stats
 
     # -- statistics per configuration -------------------------------------------------
     def store_stats(self, cfg: SubnetConfig, mean: torch.Tensor, var: torch.Tensor) -> None:

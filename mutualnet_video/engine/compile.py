@@ -3,13 +3,18 @@
 A slimmable model's layers read, in a compiled forward, the active channel counts from the
 shapes of small tensors set with the configuration (``core.layers._size_carriers``) and
 BatchNorm's calibrated statistics from the tensors kept with it, not from Python ints or
-the configuration's tag. So with dynamo's default dynamic shapes, a size that changes
-between calls (a layer's channel count, the frames, the crop) becomes dynamic at its
-first change, and a handful of graphs serve the whole space: a few static ones first,
-then dynamic ones, and one more where a dynamic size takes a value a graph had excluded.
-Switching back to a configuration already run reuses its graph.
+the configuration's tag, and hint dynamo that those sizes change
+(:func:`~mutualnet_video.core.hint_dynamic_sizes`): the first graph already has every
+channel count dynamic. The input's frames and crop become dynamic at their first change
+(dynamo's automatic dynamic shapes). So with dynamo's defaults a handful of graphs serve the
+whole space: on the toy networks, 4 for training (static input, then the crop, then the
+frames dynamic, and inputs that are views of another tensor or not), one more for
+evaluation without autograd, under dynamo's limit of 8 even for one plain
+``torch.compile(model)`` used for both. Switching back to a configuration already run
+reuses its graph.
 
-With ``dynamic=False`` every size is a constant, and the number of graphs is bounded by
+With ``dynamic=False`` (:func:`compile_slimmable` turns the layers' hints off for it, since a
+hint overrides it) every size is a constant, and the number of graphs is bounded by
 :func:`graph_budget`:
 
 * training: the distinct channel patterns over the width range (widths are drawn
@@ -33,7 +38,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..core import ConfigSpace, SlimConv2d, SlimConv3d, SlimLinear, get_space, scale_channels, slimmable_modules
+from ..core import (
+    ConfigSpace,
+    SlimConv2d,
+    SlimConv3d,
+    SlimLinear,
+    get_space,
+    hint_dynamic_sizes,
+    scale_channels,
+    slimmable_modules,
+)
 
 __all__ = ["compile_slimmable", "graph_budget", "GraphBudget"]
 
@@ -121,6 +135,8 @@ def compile_slimmable(model: nn.Module, **compile_kwargs: Any) -> nn.Module:
     whose keys have no ``_orig_mod.`` prefix. ``model`` may be a DDP wrapper (the budget
     is its module's): compile DDP's wrapper, not the module DDP wraps, or DDP runs the
     plain forward; :func:`~mutualnet_video.engine.mutual_step` takes the compiled wrapper.
+    ``dynamic=False`` turns the layers' hints of dynamic channel counts off
+    (:func:`~mutualnet_video.core.hint_dynamic_sizes`), any other value on.
     """
     ddp = isinstance(model, nn.parallel.DistributedDataParallel)
     budget = graph_budget(model.module if ddp else model)
@@ -134,7 +150,10 @@ def compile_slimmable(model: nn.Module, **compile_kwargs: Any) -> nn.Module:
         budget.total, budget.channel_patterns, budget.inputs, budget.eval,
         before[0], config.recompile_limit, before[1], config.accumulated_recompile_limit,
     )
-    if compile_kwargs.get("dynamic") is False and budget.channel_patterns > MANY_PATTERNS:
+    static = compile_kwargs.get("dynamic") is False
+    # the layers' hints of dynamic sizes would override dynamic=False; on otherwise
+    hint_dynamic_sizes(model, not static)
+    if static and budget.channel_patterns > MANY_PATTERNS:
         space = get_space(model.module if ddp else model)
         logger.warning(
             "compile_slimmable: with dynamic=False, width_range %s gives %d channel patterns, so training "
