@@ -693,3 +693,18 @@ def test_subnet_config_tag_survives_copy_and_pickle():
     for clone in (copy.deepcopy(subnet), pickle.loads(pickle.dumps(subnet)), SubnetConfig.from_tag("w0500_f4_c160")):
         assert clone == subnet and clone.tag == "w0500_f4_c160" and hash(clone) == hash(subnet)
     assert SubnetConfig(1.0, None, 224).tag == "w1000_fn_c224"
+
+
+def test_compiled_depthwise_conv_refuses_a_wrong_channel_count_like_eager():
+    """A compiled depthwise conv checks, like eager, that its input channels are its outputs
+    at the active width (it used to run a wrong count silently)."""
+    torch.manual_seed(0)
+    depthwise = SlimConv2d(48, 48, 3, groups=48)
+    set_config(depthwise, HALF)  # 24 channels
+    torch._dynamo.reset()
+    compiled = torch.compile(depthwise, backend="eager")
+    x = torch.randn(1, 24, 8, 8)
+    torch.testing.assert_close(compiled(x), depthwise(x))
+    for bad in (torch.randn(1, 16, 8, 8), torch.randn(1, 32, 8, 8)):
+        with pytest.raises(RuntimeError, match=f"depthwise conv got {bad.shape[1]} channels at width 0.5, which gives 24"):
+            compiled(bad)

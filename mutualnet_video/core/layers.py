@@ -457,9 +457,14 @@ class _SlimWeightMixin(SlimmableModule):
         only at full width, and conv's backend choice (with several threads) would guard on that."""
         out_carrier, part_carriers = self._size_carriers
         weight, bias = self.weight, self.bias
-        if getattr(self, "_depthwise", False):
-            return weight[:in_active], None if bias is None else bias[:in_active]
         out_active = out_carrier.shape[0]
+        if getattr(self, "_depthwise", False):
+            if self._slim_out and out_active != in_active:  # eager's check (a guard where it holds)
+                raise RuntimeError(
+                    f"{type(self).__name__}: depthwise conv got {in_active} channels at width "
+                    f"{self.width:g}, which gives {out_active} outputs"
+                )
+            return weight[:in_active], None if bias is None else bias[:in_active]
         weight = weight[:out_active]
         if part_carriers is None:
             weight = weight[:, :in_active]
