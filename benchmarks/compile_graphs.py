@@ -55,7 +55,7 @@ def fresh(x):
     return [t.clone() for t in x] if isinstance(x, list) else x.clone()
 
 
-def count(name: str, args) -> tuple[int, int, bool, float]:
+def count(name: str, args) -> tuple[int, int, int, bool, float]:
     torch._dynamo.reset()
     torch.manual_seed(0)
     model = build(name, args.frames, args.crops).train()
@@ -73,12 +73,13 @@ def count(name: str, args) -> tuple[int, int, bool, float]:
     trained = counter.frame_count
     model.eval()
     worst = 0.0
-    for cfg in space:
+    configs = list(space)
+    for cfg in configs:
         x = space.model_input(clip, cfg)
         with use_config(model, cfg), torch.no_grad():
             worst = max(worst, (compiled(fresh(x)) - model(fresh(x))).abs().max().item())
     limit_hit = any("recompile limit" in k for k in torch._dynamo.utils.counters["unimplemented"])
-    return trained, counter.frame_count, limit_hit, worst
+    return trained, counter.frame_count, len(configs), limit_hit, worst
 
 
 def main() -> None:
@@ -102,8 +103,8 @@ def main() -> None:
           f"{torch._dynamo.config.recompile_limit}, eager backend")
     for name in args.model:
         start = time.perf_counter()
-        trained, total, limit_hit, worst = count(name, args)
-        print(f"{name}: {args.sandwiches} sandwiches then {len(list(get_space(build(name, args.frames, args.crops))))} "
+        trained, total, n_configs, limit_hit, worst = count(name, args)
+        print(f"{name}: {args.sandwiches} sandwiches then {n_configs} "
               f"evaluation configurations: graphs {trained} after training, {total} after evaluation; "
               f"recompile limit hit: {'yes' if limit_hit else 'no'}; max |compiled - eager| {worst:.2e}; "
               f"{time.perf_counter() - start:.0f} s")
