@@ -14,6 +14,7 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -405,31 +406,14 @@ def test_lightning_ddp_all_reduces_once_per_iteration_and_averages_the_ranks_gra
 
 
 # -- Hydra: a pytorchvideo_trainer-style config -------------------------------------------
-# pytorchvideo_trainer's module node with its _target_ and the model's _target_ switched
-# (conf/module/model/x3d_xs.yaml keeps every other key); see the README's Lightning section
-HYDRA_MODULE = """
-module:
-  _target_: mutualnet_video.integrations.lightning.MutualNetModule
-  model:
-    _target_: mutualnet_video.models.create_slimmable_x3d
-    input_channel: 3
-    model_num_class: 400
-    dropout_rate: 0.5
-    input_clip_length: 4
-    input_crop_size: 160
-    depth_factor: 2.2
-    head_activation: null
-  loss:
-    _target_: torch.nn.CrossEntropyLoss
-  optim:
-    name: sgd
-    lr: 0.8
-    momentum: 0.9
-    nesterov: true
-    weight_decay: 5e-5
-  lr_scheduler:
-    warmup_iters: 2
-"""
+def _readme_module_yaml() -> str:
+    """The README's Lightning YAML: pytorchvideo_trainer's module node with its _target_ and the
+    model's _target_ switched (conf/module/model/x3d_xs.yaml keeps every other key)."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in text.split("```yaml\n")[1:]]
+    found = [b for b in blocks if "integrations.lightning.MutualNetModule" in b]
+    assert len(found) == 1, "README.md: expected one ```yaml block with the MutualNetModule node"
+    return found[0]
 
 
 def test_lightning_module_instantiates_from_a_pytorchvideo_trainer_style_hydra_node():
@@ -438,7 +422,8 @@ def test_lightning_module_instantiates_from_a_pytorchvideo_trainer_style_hydra_n
 
     from mutualnet_video.models import create_slimmable_x3d
 
-    cfg = OmegaConf.create(HYDRA_MODULE)
+    cfg = OmegaConf.create(_readme_module_yaml())
+    cfg.module.lr_scheduler.warmup_iters = 2  # the README says 35; the toy fit below runs 4 iterations
     module = hydra_utils.instantiate(cfg.module, _recursive_=False)  # as pytorchvideo_trainer's train_app
     assert isinstance(module, MutualNetModule) and isinstance(module.criterion, torch.nn.CrossEntropyLoss)
     space = get_space(module.model)
