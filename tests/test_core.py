@@ -366,6 +366,33 @@ def test_bn_slice_running_stats_update_like_nn(momentum):
     assert int(slim.num_batches_tracked) == 3
 
 
+def test_bn_training_updates_the_buffers_it_holds_now():
+    """A slimmed BatchNorm's training pass keeps views of its running statistics between
+    calls; they follow a buffer replaced by assignment, a buffer given new storage
+    (``.data =``) and a change of width: the update lands where nn.BatchNorm's would."""
+    torch.manual_seed(0)
+    slim = SlimBatchNorm3d(32)
+    set_config(slim, SubnetConfig(0.5, 4, 8))
+    x = torch.randn(4, 16, 2, 3, 3) * 2 + 1
+    slim(x)  # the views of the first 16 channels are kept
+    slim.running_mean = torch.zeros(32)  # a new buffer
+    slim.running_var.data = torch.ones(32)  # the same tensor, new storage
+    dense = nn.BatchNorm3d(16)
+    torch.testing.assert_close(slim(x), dense(x))
+    torch.testing.assert_close(slim.running_mean[:16], dense.running_mean)
+    torch.testing.assert_close(slim.running_var[:16], dense.running_var)
+    set_config(slim, SubnetConfig(0.75, 4, 8))  # 24 channels
+    x24 = torch.randn(4, 24, 2, 3, 3)
+    before = slim.running_mean.clone()
+    wide = nn.BatchNorm3d(24)
+    with torch.no_grad():
+        wide.running_mean.copy_(before[:24])
+        wide.running_var.copy_(slim.running_var[:24])
+    torch.testing.assert_close(slim(x24), wide(x24))
+    torch.testing.assert_close(slim.running_mean[:24], wide.running_mean)
+    assert torch.equal(slim.running_mean[24:], before[24:])
+
+
 # -- synchronized BatchNorm: a public conversion that shares the layer's state ----------
 def test_convert_slim_sync_batchnorm_shares_state_and_keeps_keys():
     from mutualnet_video.core import SlimSyncBatchNorm2d, SlimSyncBatchNorm3d, convert_slim_sync_batchnorm

@@ -15,6 +15,7 @@ import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
+import mutualnet_video.core.layers as layers
 from mutualnet_video.core import (
     SlimConv3d,
     SlimLinear,
@@ -28,6 +29,20 @@ from mutualnet_video.engine import SandwichSampler, mutual_step
 from mutualnet_video.testing import create_toy_slimnet, toy_slowfast, toy_x3d
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
+
+
+def _slice_every_layer() -> None:
+    """Take ``slice_grads``'s own paths on every layer, however small: by default a toy
+    network's weights are all under the sizes where they pay (and would be sliced the
+    plain way, which these tests compare against)."""
+    layers._SLICE_INTO_GRAD_MIN_NUMEL = 0
+    layers._GEMM_MIN_MACS = 0
+
+
+@pytest.fixture
+def slice_every_layer(monkeypatch):
+    monkeypatch.setattr(layers, "_SLICE_INTO_GRAD_MIN_NUMEL", 0)
+    monkeypatch.setattr(layers, "_GEMM_MIN_MACS", 0)
 
 
 def _configs(model):
@@ -52,9 +67,13 @@ def _grads_after_passes(model, video, *, sliced: bool, initial_grad: bool = Fals
     return {n: p.grad for n, p in model.named_parameters()}
 
 
+@pytest.mark.parametrize("every_layer", [True, False], ids=["every layer sliced", "default sizes"])
 @pytest.mark.parametrize("make", [toy_x3d, toy_slowfast], ids=["x3d-like", "slowfast-like (in_splits)"])
 @pytest.mark.parametrize("initial_grad", [False, True], ids=["grad None", "grad present"])
-def test_sliced_gradients_equal_autograd_on_views(make, initial_grad):
+def test_sliced_gradients_equal_autograd_on_views(make, initial_grad, every_layer, monkeypatch):
+    if every_layer:
+        monkeypatch.setattr(layers, "_SLICE_INTO_GRAD_MIN_NUMEL", 0)
+        monkeypatch.setattr(layers, "_GEMM_MIN_MACS", 0)
     torch.manual_seed(0)
     model = make()
     video = torch.randn(2, 3, 4 * (2 if make is toy_slowfast else 1), 32, 32)
@@ -67,7 +86,7 @@ def test_sliced_gradients_equal_autograd_on_views(make, initial_grad):
     assert all(g is not None for g in got.values())
 
 
-def test_only_the_active_slice_is_written_and_autograd_sees_no_parameter_gradient():
+def test_only_the_active_slice_is_written_and_autograd_sees_no_parameter_gradient(slice_every_layer):
     torch.manual_seed(0)
     conv = SlimConv3d(6, 16, kernel_size=1, bias=False)
     linear = SlimLinear(24, 5, in_splits=((16, True), (8, False)))  # columns 0..7 and 16..23 at width 0.5
@@ -94,7 +113,29 @@ def test_only_the_active_slice_is_written_and_autograd_sees_no_parameter_gradien
     assert calls == [None, (16, 6, 1, 1, 1)]
 
 
-def test_sliced_gradients_under_cpu_autocast_match_plain_slicing():
+def test_a_small_weight_is_sliced_the_plain_way_and_a_large_one_into_its_grad():
+    """At the default sizes: a weight of 2**15 elements takes ``_SliceIntoGrad`` (its hook
+    is handed no gradient), 64 elements less take autograd's full-size gradient; ``.grad``
+    holds the slice's gradient either way."""
+    torch.manual_seed(0)
+    cfg = SubnetConfig(0.5, 4, 32)
+    for out_channels, sliced in ((512, True), (511, False)):  # 64 x 512 = 2**15 elements
+        conv = SlimConv3d(64, out_channels, kernel_size=1, bias=False)
+        conv.set_subnet(cfg)
+        calls = []
+        conv.weight.register_hook(lambda g: calls.append(None if g is None else tuple(g.shape)))
+        x = torch.randn(1, 32, 1, 2, 2, requires_grad=True)
+        with slice_grads():
+            out = conv(x)
+            out.sum().backward()
+        assert calls == ([None] if sliced else [tuple(conv.weight.shape)]), out_channels
+        active = layers.scale_channels(out_channels, 0.5)
+        expected = x.detach().sum(dim=(0, 2, 3, 4)).expand(active, 32)  # d sum(W x) / dW
+        torch.testing.assert_close(conv.weight.grad[:active, :32].flatten(1), expected)
+        assert conv.weight.grad[active:].abs().sum() == 0 and conv.weight.grad[:, 32:].abs().sum() == 0
+
+
+def test_sliced_gradients_under_cpu_autocast_match_plain_slicing(slice_every_layer):
     torch.manual_seed(0)
     model = toy_x3d()
     video = torch.randn(2, 3, 4, 32, 32)
@@ -108,7 +149,7 @@ def test_sliced_gradients_under_cpu_autocast_match_plain_slicing():
         torch.testing.assert_close(results[1][name], grad, rtol=1e-2, atol=1e-3, msg=name)
 
 
-def test_mutual_step_trains_like_plain_slicing():
+def test_mutual_step_trains_like_plain_slicing(slice_every_layer):
     torch.manual_seed(0)
     model = create_toy_slimnet(channels=8, num_subnets=4)
     video, labels = torch.randn(4, 3, 4, 32, 32), torch.tensor([0, 1, 2, 3])
@@ -149,6 +190,7 @@ def _ddp_worker(rank: int, world_size: int, port: int, out: str, compiled: bool 
     from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
     torch.set_num_threads(1)
+    _slice_every_layer()  # the toy net's weights are small: take slice_grads's paths on all of them
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
     try:
         torch.manual_seed(0)

@@ -45,6 +45,7 @@ def _expected(layer, x, grad_out, initial):
 CASES = {
     # name: (layer class, in, out, kernel, stride, padding, bias, input shape at width 0.5, in_splits)
     "1x1x1": (SlimConv3d, 16, 64, 1, 1, 0, False, (1, 8, 2, 3, 3), None),
+    "1x1x1 batch 3 (im2col a view)": (SlimConv3d, 16, 64, 1, 1, 0, True, (3, 8, 2, 3, 3), None),
     "1x1x1 stride 2, batch 2, bias": (SlimConv3d, 16, 64, 1, (1, 2, 2), 0, True, (2, 8, 2, 4, 4), None),
     "3x1x1 temporal, pad 1": (SlimConv3d, 16, 64, (3, 1, 1), 1, (1, 0, 0), False, (2, 8, 4, 2, 2), None),
     "7x1x1 stride 4 in time (SlowFast's lateral)": (SlimConv3d, 8, 64, (7, 1, 1), (4, 1, 1), (3, 0, 0), True,
@@ -61,7 +62,8 @@ CASES = {
 
 @pytest.mark.parametrize("initial_grad", [False, True], ids=["grad None", "grad present"])
 @pytest.mark.parametrize("case", CASES, ids=list(CASES))
-def test_sliced_conv_pass_equals_aten_conv_on_the_slice(case, initial_grad):
+def test_sliced_conv_pass_equals_aten_conv_on_the_slice(case, initial_grad, monkeypatch):
+    monkeypatch.setattr(layers, "_GEMM_MIN_MACS", 0)  # the cases are small: run the path on each
     cls, cin, cout, kernel, stride, padding, bias, shape, in_splits = CASES[case]
     if in_splits is not None and in_splits[1][0] == 4:  # a part kept at full width: 8 + 4 channels
         cin = 20
@@ -93,7 +95,8 @@ def _layer_and_input(**kwargs):
     return layer, torch.randn(1, 8, 2, 3, 3, requires_grad=True)
 
 
-def test_matrix_product_path_only_where_it_applies():
+def test_matrix_product_path_only_where_it_applies(monkeypatch):
+    monkeypatch.setattr(layers, "_GEMM_MIN_MACS", 0)  # the bounds on the shapes; the work bound below
     layer, x = _layer_and_input()
     with slice_grads():
         assert layer._gemm_reads_slice(x, 32)
@@ -125,17 +128,29 @@ def test_matrix_product_path_only_where_it_applies():
         assert not depthwise._gemm_reads_slice(torch.randn(1, 8, 2, 2, 2), 8)
 
 
-def test_matrix_product_pass_checks_the_input_channels():
+def test_matrix_product_path_needs_enough_work():
+    """Under ``_GEMM_MIN_MACS`` multiply-adds a pass stays on aten's conv: 2**20 at the
+    boundary (a kernel of ones, 128 -> 256 channels, 32 positions), one position less not."""
+    layer = SlimConv3d(256, 512, 1)
+    layer.set_subnet(SubnetConfig(0.5, 4, 32))
+    with slice_grads():
+        assert layer._gemm_reads_slice(torch.randn(1, 128, 2, 4, 4), 256)  # 256 x 128 x 32 = 2**20
+        assert not layer._gemm_reads_slice(torch.randn(1, 128, 1, 31, 1), 256)
+
+
+def test_matrix_product_pass_checks_the_input_channels(monkeypatch):
+    monkeypatch.setattr(layers, "_GEMM_MIN_MACS", 0)
     layer, _ = _layer_and_input(in_splits=((8, True), (8, True)))
     with slice_grads(), pytest.raises(RuntimeError, match="in_splits"):
         layer(torch.randn(1, 7, 2, 3, 3, requires_grad=True))  # width 0.5 expects 4 + 4
 
 
 @pytest.mark.filterwarnings("ignore:grad and param do not obey the gradient layout contract")  # the reference's
-def test_matrix_product_pass_adds_into_a_channels_last_grad():
+def test_matrix_product_pass_adds_into_a_channels_last_grad(monkeypatch):
     """An existing ``.grad`` in another layout (no ``(out, in*K)`` view) still gets the
     slice's gradient added, as autograd would."""
     torch.manual_seed(0)
+    monkeypatch.setattr(layers, "_GEMM_MIN_MACS", 0)
     layer = SlimConv2d(16, 512, 3, padding=1)
     layer.set_subnet(SubnetConfig(0.5, 4, 32))
     x = torch.randn(1, 8, 2, 2, requires_grad=True)

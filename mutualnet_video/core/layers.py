@@ -115,6 +115,15 @@ def _check_in_splits(in_splits: Sequence[Sequence] | None, in_features: int, nam
 
 _SLICE_GRADS = threading.local()
 
+# Under slice_grads: a weight of fewer elements is sliced the plain way (autograd's
+# full-size gradient of a small weight costs less than _SliceIntoGrad's Python: plain
+# slicing was the faster in 459 of 611 such convs, aten's conv on _SliceIntoGrad's copy in
+# 52 of the 66 larger ones), and a conv with fewer multiply-adds in its pass stays on
+# aten's conv (see _gemm_reads_slice). Both from timing each conv of X3D-XS/S/M, Slow R50
+# and SlowFast R50 at widths 0.5 and 0.75 on the CPU, fwd+bwd, batch 1.
+_SLICE_INTO_GRAD_MIN_NUMEL = 1 << 15
+_GEMM_MIN_MACS = 1 << 20
+
 
 @contextmanager
 def slice_grads(enabled: bool = True) -> Iterator[None]:
@@ -134,13 +143,16 @@ def slice_grads(enabled: bool = True) -> Iterator[None]:
     So use it where gradients are only accumulated in ``.grad`` and read by the optimizer:
     ``mutual_step`` enters it for every backward except DDP's synchronised one. The choice
     is made at forward time (thread-local, like ``torch.no_grad``); a compiled region
-    (``torch.compile``) and layers at full width always slice the plain way.
+    (``torch.compile``), layers at full width and weights of fewer than
+    ``_SLICE_INTO_GRAD_MIN_NUMEL`` (2**15) elements, whose full-size gradient costs less
+    than the function's own Python, always slice the plain way.
 
     Inside the block a conv on a slice of its input channels, on the CPU in float32, whose
-    weight slice is large against its input (a ResNet's last stages on a small clip),
-    also skips the copy of ``weight[:out, :in]`` that aten's conv needs: it runs as im2col
-    and matrix products that read the strided slice in place and add the weight's gradient
-    into ``.grad`` directly (:meth:`_SlimConvNd._gemm_reads_slice` says where).
+    weight slice is large against its input (a ResNet's last stages on a small clip) and
+    whose pass has at least ``_GEMM_MIN_MACS`` (2**20) multiply-adds, also skips the copy
+    of ``weight[:out, :in]`` that aten's conv needs: it runs as im2col and matrix products
+    that read the strided slice in place and add the weight's gradient into ``.grad``
+    directly (:meth:`_SlimConvNd._gemm_reads_slice` says where).
     """
     previous = getattr(_SLICE_GRADS, "enabled", False)
     _SLICE_GRADS.enabled = bool(enabled)
@@ -193,47 +205,55 @@ class _SliceIntoGrad(torch.autograd.Function):
 
 def _im2col(x: torch.Tensor, ksize: tuple[int, ...], stride: tuple[int, ...],
             padding: tuple[int, ...]) -> torch.Tensor:
-    """``x`` ``[N, C, *S]`` as the ``[C * K, N * L]`` matrix of its convolution windows
-    (rows ``(c, *kernel offset)``, the order of a weight's ``view(out, -1)`` columns;
-    columns ``(n, *output position)``)."""
+    """``x`` ``[N, C, *S]`` as ``[N, C * K, L]``: per sample, the matrix of its convolution
+    windows (rows ``(c, *kernel offset)``, the order of a weight's ``view(out, -1)``
+    columns; columns the ``L`` output positions). A view of ``x`` for a kernel of ones at
+    stride one, else a copy."""
     if any(padding):
         x = F.pad(x, [p for q in reversed(padding) for p in (q, q)])
     for d, (k, s) in enumerate(zip(ksize, stride)):
         x = x.unfold(2 + d, k, s)  # [N, C, *out, *kernel]
     nd = len(ksize)
-    perm = [1, *range(2 + nd, 2 + 2 * nd), 0, *range(2, 2 + nd)]
-    return x.permute(perm).reshape(x.shape[1] * math.prod(ksize), -1)
+    perm = [0, 1, *range(2 + nd, 2 + 2 * nd), *range(2, 2 + nd)]
+    return x.permute(perm).reshape(x.shape[0], x.shape[1] * math.prod(ksize), -1)
 
 
 class _SlicedConvIntoGrad(torch.autograd.Function):
     """A convolution by the active slice of ``weight`` as matrix products that read the
-    slice in place: im2col of the input, then ``weight.view(O, -1)[:out, cols] @ cols`` (a
-    strided matrix, which BLAS takes as it is), one product per block of input channels
-    (``blocks``: ``(first weight channel, channels)`` per part of the input, one block for
-    ``weight[:out, :in]``, one per part of ``in_splits``). Backward adds ``grad @ cols.T``
-    into the same slice of ``weight.grad`` (as :class:`_SliceIntoGrad`) and gives the
-    input's gradient by col2im. Zero padding, dilation 1, groups 1."""
+    slice in place: im2col of the input, then per sample ``weight.view(O, -1)[:out, cols]
+    @ cols`` (a strided matrix, which BLAS takes as it is) into the output, one product per
+    block of input channels (``blocks``: ``(first weight channel, channels)`` per part of
+    the input, one block for ``weight[:out, :in]``, one per part of ``in_splits``).
+    Backward adds ``grad @ cols.T`` into the same slice of ``weight.grad`` (as
+    :class:`_SliceIntoGrad`) and gives the input's gradient by col2im. Output and
+    gradients stay in the ``[N, C, *S]`` layout (no transposed copies); a kernel of ones
+    at stride one keeps the input itself for backward, as aten's conv does. Zero padding,
+    dilation 1, groups 1."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, out_active, blocks, stride, padding):  # noqa: D102
         ksize = tuple(weight.shape[2:])
         kernel = math.prod(ksize)
         out_size = tuple((s + 2 * p - k) // st + 1 for s, k, st, p in zip(x.shape[2:], ksize, stride, padding))
-        cols = _im2col(x, ksize, stride, padding)
+        cols = _im2col(x, ksize, stride, padding)  # [N, C * K, L]
         matrix = weight.view(weight.shape[0], -1)[:out_active]
-        y, row = None, 0
-        for first, channels in blocks:
-            part = matrix[:, first * kernel:(first + channels) * kernel]
-            block = cols[row:row + channels * kernel]
-            y = torch.mm(part, block) if y is None else y.addmm_(part, block)
-            row += channels * kernel
-        y = y.view(out_active, x.shape[0], *out_size)
+        y = cols.new_empty((x.shape[0], out_active, cols.shape[2]))
+        for n in range(x.shape[0]):
+            row = 0
+            for i, (first, channels) in enumerate(blocks):
+                part = matrix[:, first * kernel:(first + channels) * kernel]
+                block = cols[n, row:row + channels * kernel]
+                if i == 0:
+                    torch.mm(part, block, out=y[n])
+                else:
+                    y[n].addmm_(part, block)
+                row += channels * kernel
         if bias is not None:
-            y = y + bias.view(-1, *[1] * (len(out_size) + 1))
+            y += bias.view(-1, 1)
         ctx.save_for_backward(cols)
         ctx.param = weight
         ctx.meta = (out_active, blocks, ksize, stride, padding, tuple(x.shape), out_size)
-        return y.transpose(0, 1).contiguous()
+        return y.view(x.shape[0], out_active, *out_size)
 
     @staticmethod
     def backward(ctx, grad):  # noqa: D102
@@ -241,7 +261,8 @@ class _SlicedConvIntoGrad(torch.autograd.Function):
         out_active, blocks, ksize, stride, padding, x_shape, out_size = ctx.meta
         param = ctx.param
         kernel = math.prod(ksize)
-        grad2d = grad.transpose(0, 1).reshape(out_active, -1)  # [out, N * L]
+        batch = x_shape[0]
+        grad3 = grad.reshape(batch, out_active, -1)  # [N, out, L]
         target = param.grad
         if target is None:
             target = torch.zeros_like(param)
@@ -250,14 +271,15 @@ class _SlicedConvIntoGrad(torch.autograd.Function):
         target2d = dest.view(param.shape[0], -1)[:out_active]
         matrix = param.view(param.shape[0], -1)[:out_active]
         grad_cols = torch.empty_like(cols) if ctx.needs_input_grad[0] else None
-        row = 0
-        for first, channels in blocks:
-            span = slice(first * kernel, (first + channels) * kernel)
-            rows = slice(row, row + channels * kernel)
-            target2d[:, span].addmm_(grad2d, cols[rows].t())
-            if grad_cols is not None:
-                torch.mm(matrix[:, span].t(), grad2d, out=grad_cols[rows])
-            row += channels * kernel
+        for n in range(batch):
+            row = 0
+            for first, channels in blocks:
+                span = slice(first * kernel, (first + channels) * kernel)
+                rows = slice(row, row + channels * kernel)
+                target2d[:, span].addmm_(grad3[n], cols[n, rows].t())
+                if grad_cols is not None:
+                    torch.mm(matrix[:, span].t(), grad3[n], out=grad_cols[n, rows])
+                row += channels * kernel
         if dest is not target:
             target.add_(dest)
         if param.grad is None:
@@ -265,18 +287,18 @@ class _SlicedConvIntoGrad(torch.autograd.Function):
         grad_x = None
         if grad_cols is not None:
             in_active = x_shape[1]
-            grad_cols = grad_cols.view(in_active, *ksize, x_shape[0], *out_size)
             if kernel == 1 and not any(padding) and all(s == 1 for s in stride):
-                grad_x = grad_cols.view(in_active, x_shape[0], *out_size).transpose(0, 1)
+                grad_x = grad_cols.view(x_shape)
             else:  # col2im: each kernel offset adds its window positions
-                padded = grad.new_zeros((x_shape[0], in_active, *(s + 2 * p for s, p in zip(x_shape[2:], padding))))
+                grad_cols = grad_cols.view(batch, in_active, *ksize, *out_size)
+                padded = grad.new_zeros((batch, in_active, *(s + 2 * p for s, p in zip(x_shape[2:], padding))))
                 for offset in _offsets(ksize):
                     window = tuple(slice(o, o + st * (n - 1) + 1, st) for o, st, n in zip(offset, stride, out_size))
-                    padded[(slice(None), slice(None), *window)] += grad_cols[(slice(None), *offset)].transpose(0, 1)
+                    padded[(slice(None), slice(None), *window)] += grad_cols[(slice(None), slice(None), *offset)]
                 grad_x = padded[(slice(None), slice(None), *(slice(p, p + s) for p, s in zip(padding, x_shape[2:])))]
         grad_bias = None
         if ctx.needs_input_grad[2]:
-            grad_bias = grad.sum(dim=[0, *range(2, grad.dim())])
+            grad_bias = grad3.sum(dim=(0, 2))
         return grad_x, None, grad_bias, None, None, None, None
 
 
@@ -529,15 +551,22 @@ class _SlimWeightMixin(SlimmableModule):
         return cached[1], cached[2]
 
     def _slice_weight(self, in_active: int, depthwise: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        out_active = in_active if depthwise else self._state()[2]
-        full = self.weight
-        index = None if depthwise else self._split_index(in_active)
+        params = self._parameters  # (the dict: a per-call path, nn.Module.__getattr__ costs here)
+        full, bias = params["weight"], params["bias"]
+        if depthwise:
+            out_active = in_active
+        else:
+            state = self._slim_state
+            out_active = (state if state is not None and state[0] is self.subnet else self._state())[2]
+        index = None if depthwise or self._in_splits is None else self._split_index(in_active)
         if index is not None and index.device != full.device:  # the weight moved since the index was kept
             index = index.to(full.device)
             self._index_cache[(self.width, in_active)] = index
         in_sliced = None if depthwise or index is not None or in_active == full.shape[1] else in_active
-        bias = None if self.bias is None else self.bias[:out_active]
+        if bias is not None:
+            bias = bias[:out_active]
         if (full.requires_grad and torch.is_grad_enabled() and slice_grads_enabled()
+                and full.numel() >= _SLICE_INTO_GRAD_MIN_NUMEL
                 and not torch.compiler.is_compiling() and full.grad_fn is None
                 and (out_active < full.shape[0] or in_sliced is not None or index is not None)):
             return _SliceIntoGrad.apply(full, out_active, in_sliced, index), bias
@@ -617,30 +646,40 @@ class _SlimConvNd(_SlimWeightMixin):
         """Whether this pass runs as :class:`_SlicedConvIntoGrad`: a sub-network's pass
         under :func:`slice_grads` on the CPU in float32, on a slice of the input channels
         (``weight[:out, :in]``, or the columns of the parts of ``in_splits``, is not
-        contiguous; aten's conv would copy it), where the
-        slice is large against the input: small clips on wide layers (a ResNet's last
-        stages at a low crop), not the early stages. Kernels of size 1 in the two last
-        (spatial) dims, whose im2col is a view or a few shifted copies, take it while the
-        output positions are at most 16 per active output channel; other kernels, whose
-        im2col copies ``kh * kw`` times the input, while the im2col is no larger than the
-        weight slice. Both bounds come from timing each conv of Slow R50 both ways on the
-        CPU (fwd+bwd, 4x96 batch 1 and 8x160 batch 2): inside them the matrix product was
-        as fast as the copy and aten's conv or faster."""
-        weight = self.weight
+        contiguous; aten's conv would copy it), with at least ``_GEMM_MIN_MACS``
+        multiply-adds, where the slice is large against the input: small clips on wide
+        layers (a ResNet's last stages at a low crop), not the early stages. Kernels of size
+        1 in the two last (spatial) dims, whose im2col is a view or a few shifted copies,
+        take it while the output positions are at most 16 per active output channel; other
+        kernels, whose im2col copies ``kh * kw`` times the input, while the im2col is no
+        larger than the weight slice (so the im2col a pass keeps for backward stays near the
+        size of what aten's conv keeps). The shape bounds come from timing each conv of Slow
+        R50 both ways on the CPU (fwd+bwd, 4x96 batch 1 and 8x160 batch 2); the work bound
+        from timing each conv of X3D-XS/S/M, Slow R50 and SlowFast R50 three ways (this
+        path, aten's conv on a copy of the slice, plain autograd slicing) at widths 0.5 and
+        0.75, batch 1, the inputs of ``benchmarks/slim_overhead.py``: of the convs inside
+        the shape bounds, this path was the fastest in 327 of the 345 above the work bound
+        and in 6 of the 143 below it (X3D's squeeze-excitation convs and narrow stages,
+        where its Python costs more than the copy it saves)."""
+        # cheapest checks first: most passes (full width, outside slice_grads, small convs) stop early
         in_active = x.shape[1]
-        if (self._depthwise or in_active >= self._full_in
-                or not slice_grads_enabled() or not weight.requires_grad or weight.grad_fn is not None
-                or not torch.is_grad_enabled() or torch.compiler.is_compiling()):
+        if (self._depthwise or in_active >= self._full_in or not slice_grads_enabled()
+                or isinstance(self.padding, str) or self.groups != 1):
             return False
-        if (x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32
-                or torch.is_autocast_enabled("cpu") or not x.is_contiguous() or not weight.is_contiguous()
-                or self.padding_mode != "zeros" or isinstance(self.padding, str) or self.groups != 1
-                or any(d != 1 for d in self.dilation)):
-            return False
+        weight = self._parameters["weight"]
         ksize = weight.shape[2:]
         positions = x.shape[0]
         for s, k, st, p in zip(x.shape[2:], ksize, self.stride, self.padding):
             positions *= max((s + 2 * p - k) // st + 1, 0)
+        if positions * out_active * in_active * math.prod(ksize) < _GEMM_MIN_MACS:
+            return False
+        if (not weight.requires_grad or weight.grad_fn is not None
+                or not torch.is_grad_enabled() or torch.compiler.is_compiling()):
+            return False
+        if (x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32
+                or torch.is_autocast_enabled("cpu") or not x.is_contiguous() or not weight.is_contiguous()
+                or self.padding_mode != "zeros" or any(d != 1 for d in self.dilation)):
+            return False
         if all(k == 1 for k in ksize[-2:]):
             return positions <= 16 * out_active
         return positions <= out_active  # im2col (window x positions) <= slice (out x window)
@@ -774,6 +813,7 @@ class SlimBatchNorm(SlimmableModule):
 
     def _apply(self, fn, recurse=True):  # keep stored statistics on the module's device/dtype
         self.__dict__["_eval_cache"] = None
+        self.__dict__["_train_views"] = None
         result = super()._apply(fn, recurse)  # type: ignore[misc]
         self.config_stats = {tag: (fn(m), fn(v)) for tag, (m, v) in self.config_stats.items()}
         self._refresh_active_stats()
@@ -793,6 +833,8 @@ class SlimBatchNorm(SlimmableModule):
         return None if state[1] is None else self.config_stats.get(state[1])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and not torch.compiler.is_compiling():
+            return self._train_forward(x)
         # the cached path is for eager only: in a compiled region its cache keys (tensor
         # addresses, versions) would break the graph and be guarded on
         if not self.training and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
@@ -835,6 +877,49 @@ class SlimBatchNorm(SlimmableModule):
                       None if bias is None else bias.detach()[:channels])
             self.__dict__["_eval_cache"] = cached
         return F.batch_norm(x, cached[1], cached[2], cached[3], cached[4], False, 0.0, self.eps)
+
+    _train_views: tuple | None = None
+
+    def _train_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Training, eager: :meth:`_slim_forward`'s computation in fewer Python steps (at
+        X3D's sizes a slimmed BatchNorm's cost is mostly Python): parameters and buffers
+        read from their dicts, and the leading slices of the running statistics kept as
+        views (F.batch_norm updates them in place, so they write through to the buffers)
+        while the buffers and the channel count stay the same."""
+        channels = x.shape[1]
+        num_features = self.num_features
+        if channels == num_features:
+            return super().forward(x)  # type: ignore[misc]
+        self._check_input_dim(x)  # type: ignore[attr-defined]
+        if channels > num_features:
+            raise RuntimeError(
+                f"{type(self).__name__}: input has {channels} channels, more than the "
+                f"{num_features} the layer was built for"
+            )
+        params, buffers = self._parameters, self._buffers
+        weight, bias = params["weight"], params["bias"]
+        if weight is not None:
+            weight = weight[:channels]
+        if bias is not None:
+            bias = bias[:channels]
+        momentum = self.momentum
+        factor = 0.0 if momentum is None else momentum
+        tracked = buffers.get("num_batches_tracked")
+        if self.track_running_stats and tracked is not None:
+            tracked.add_(1)
+            if momentum is None:
+                factor = 1.0 / float(tracked)
+        mean, var = buffers.get("running_mean"), buffers.get("running_var")
+        if mean is not None and var is not None:
+            cached = self._train_views
+            if (cached is None or cached[0] != channels or cached[1] is not mean or cached[2] is not var
+                    or cached[3] != (mean.data_ptr(), var.data_ptr())):
+                cached = (channels, mean, var, (mean.data_ptr(), var.data_ptr()), mean[:channels], var[:channels])
+                self.__dict__["_train_views"] = cached
+            mean, var = cached[4], cached[5]
+        else:
+            mean = var = None
+        return F.batch_norm(x, mean, var, weight, bias, True, factor, self.eps)
 
     def _slim_forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input_dim(x)  # type: ignore[attr-defined]
