@@ -21,11 +21,11 @@ run() {  # run NAME ARGS...: one benchmark, its output kept
   python "$@" 2>&1 | tee -a "$out/$name.txt"
   echo "== $name took $((SECONDS - start)) s" | tee -a "$out/$name.txt"
 }
-run slim_overhead benchmarks/slim_overhead.py --model all --repeats 5
+run slim_overhead benchmarks/slim_overhead.py --model all --repeats 15
 # the ResNets at a training-sized input: the weight-slice copy is per call, not per clip
 for m in mutual_slow_r50 mutual_slowfast_r50; do
   run "slim_overhead_${m}_8x160_b2" benchmarks/slim_overhead.py --model "$m" --frames 8 --crop 160 --batch 2 \
-    --widths 1.0 0.75 0.5 --repeats 3
+    --widths 1.0 0.75 0.5 --repeats 5
 done
 run slim_2d benchmarks/slim_2d.py --reps 20
 run train_step benchmarks/train_step.py --memory --batch 2

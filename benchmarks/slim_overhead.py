@@ -5,8 +5,11 @@
   ``nn`` layers holding the sliced weights, i.e. what an exported sub-network runs).
 
 Forward (eval, no grad) and forward+backward (train mode) are timed alternately, A
-then B in each repeat, and the medians and their ratios printed. Goal: full width
-within 5% of stock, slimmed within 10% of dense.
+then B in each repeat (order flipped every repeat). The ratio of a row is the median of
+the per-repeat ratios (B over the A timed next to it: a shared machine's slow spells hit
+both), printed with their quartiles; the medians of each side and the ratio of the
+fastest repeats are printed beside it. Goal: full width within 5% of stock, slimmed
+within 10% of dense.
 
 The forward+backward pass is a sub-network's pass inside ``mutual_step``: gradients
 accumulate into existing ``.grad`` tensors (there the full configuration's backward has
@@ -168,18 +171,25 @@ def main(argv: list[str] | None = None) -> None:
     print(f"machine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} cores, "
           f"torch {torch.__version__}, {args.threads} thread(s), batch {args.batch}, repeats {args.repeats} "
           f"(+{args.warmup} warm-up), device cpu, grads {'plain' if args.plain_grads else 'slice_grads'}")
-    print("median: median of the repeats; min: fastest repeat (less sensitive to a shared, noisy CPU)")
+    print("ratio: median of the per-repeat slim/ref ratios [quartiles]; ms: medians; min: fastest repeats")
     summary = []
     for name in names:
         frames, crop = FAMILY_INPUTS.get(name, (4, 160))
         summary += run_model(name, args.frames or frames, args.crop or crop, args)
     if len(names) > 1:
-        print("\nsummary (median ratios):")
-        for name, tag, label, ratio in summary:
-            print(f"  {name:<22}{tag:<18}{label:<9}{ratio:>7.3f}")
+        print("\nsummary (median per-repeat ratios [quartiles]):")
+        for name, tag, label, ratio, q1, q3 in summary:
+            print(f"  {name:<22}{tag:<18}{label:<9}{ratio:>7.3f} [{q1:.3f}, {q3:.3f}]")
 
 
-def run_model(name: str, frames: int, crop: int, args) -> list[tuple[str, str, str, float]]:
+def paired_ratio(t_ref: list[float], t_slim: list[float]) -> tuple[float, float, float]:
+    """Median and quartiles of the per-repeat ratios ``t_slim[i] / t_ref[i]``."""
+    ratios = [b / a for a, b in zip(t_ref, t_slim)]
+    q1, median, q3 = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else ratios * 3
+    return median, q1, q3
+
+
+def run_model(name: str, frames: int, crop: int, args) -> list[tuple[str, str, str, float, float, float]]:
     torch.manual_seed(0)
     slim = create_model(name, frames=(frames,), crops=(crop,), model_num_class=400,
                         width_range=(min(args.widths), 1.0), widths=tuple(args.widths))
@@ -194,7 +204,7 @@ def run_model(name: str, frames: int, crop: int, args) -> list[tuple[str, str, s
 
     print(f"\nmodel {name}  input {frames}x{crop}")
     print(f"slimmable at full width equals stock: {same}")
-    print(f"{'config':<18}{'pass':<9}{'reference':<10}{'ref ms':>9}{'slim ms':>9}{'ratio':>7}"
+    print(f"{'config':<18}{'pass':<9}{'reference':<10}{'ratio':>7} {'[quartiles]':<16}{'ref ms':>9}{'slim ms':>9}"
           f"{'ref min':>9}{'slim min':>9}{'ratio':>7}")
     rows = []
     for width in sorted(args.widths, reverse=True):
@@ -213,9 +223,10 @@ def run_model(name: str, frames: int, crop: int, args) -> list[tuple[str, str, s
                                              warmup=args.warmup)
             med_ref, med_slim = statistics.median(t_ref) * 1e3, statistics.median(t_slim) * 1e3
             min_ref, min_slim = min(t_ref) * 1e3, min(t_slim) * 1e3
-            print(f"{cfg.tag:<18}{label:<9}{ref_name:<10}{med_ref:>9.1f}{med_slim:>9.1f}{med_slim / med_ref:>7.3f}"
-                  f"{min_ref:>9.1f}{min_slim:>9.1f}{min_slim / min_ref:>7.3f}", flush=True)
-            rows.append((name, cfg.tag, label, med_slim / med_ref))
+            ratio, q1, q3 = paired_ratio(t_ref, t_slim)
+            print(f"{cfg.tag:<18}{label:<9}{ref_name:<10}{ratio:>7.3f} {f'[{q1:.3f}, {q3:.3f}]':<16}{med_ref:>9.1f}"
+                  f"{med_slim:>9.1f}{min_ref:>9.1f}{min_slim:>9.1f}{min_slim / min_ref:>7.3f}", flush=True)
+            rows.append((name, cfg.tag, label, ratio, q1, q3))
     return rows
 
 
