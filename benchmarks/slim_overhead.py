@@ -18,7 +18,7 @@ already created them), and the slimmable model runs under ``core.slice_grads`` a
 each sliced weight).
 
     python benchmarks/slim_overhead.py --model mutual_x3d_xs --frames 4 --crop 160 --repeats 9
-    python benchmarks/slim_overhead.py --model all --repeats 5     # every family at its FAMILY_INPUTS
+    python benchmarks/slim_overhead.py --model all --repeats 15    # every family at its FAMILY_INPUTS
 """
 
 from __future__ import annotations

@@ -208,7 +208,7 @@ def _im2col(x: torch.Tensor, ksize: tuple[int, ...], stride: tuple[int, ...],
     """``x`` ``[N, C, *S]`` as ``[N, C * K, L]``: per sample, the matrix of its convolution
     windows (rows ``(c, *kernel offset)``, the order of a weight's ``view(out, -1)``
     columns; columns the ``L`` output positions). A view of ``x`` for a kernel of ones at
-    stride one, else a copy."""
+    stride one without padding, else a copy."""
     if any(padding):
         x = F.pad(x, [p for q in reversed(padding) for p in (q, q)])
     for d, (k, s) in enumerate(zip(ksize, stride)):
@@ -227,7 +227,7 @@ class _SlicedConvIntoGrad(torch.autograd.Function):
     Backward adds ``grad @ cols.T`` into the same slice of ``weight.grad`` (as
     :class:`_SliceIntoGrad`) and gives the input's gradient by col2im. Output and
     gradients stay in the ``[N, C, *S]`` layout (no transposed copies); a kernel of ones
-    at stride one keeps the input itself for backward, as aten's conv does. Zero padding,
+    at stride one without padding keeps the input itself for backward, as aten's conv does. Zero padding,
     dilation 1, groups 1."""
 
     @staticmethod
