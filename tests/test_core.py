@@ -393,6 +393,31 @@ def test_bn_training_updates_the_buffers_it_holds_now():
     assert torch.equal(slim.running_mean[24:], before[24:])
 
 
+def test_bn_training_with_a_parametrized_weight():
+    """A weight under ``torch.nn.utils.parametrize`` (not in ``_parameters``) is read
+    through the parametrization in a slimmed training pass."""
+    from torch.nn.utils import parametrize
+
+    class Double(nn.Module):
+        def forward(self, w):
+            return 2 * w
+
+    torch.manual_seed(0)
+    slim = SlimBatchNorm3d(32)
+    with torch.no_grad():
+        slim.weight.uniform_(0.5, 1.5)
+    dense = nn.BatchNorm3d(16)
+    with torch.no_grad():
+        dense.weight.copy_(2 * slim.weight[:16])
+    parametrize.register_parametrization(slim, "weight", Double())
+    set_config(slim, SubnetConfig(0.5, 4, 8))
+    x = torch.randn(4, 16, 2, 3, 3)
+    out = slim(x)
+    torch.testing.assert_close(out, dense(x))
+    out.sum().backward()
+    assert slim.parametrizations.weight.original.grad is not None
+
+
 # -- synchronized BatchNorm: a public conversion that shares the layer's state ----------
 def test_convert_slim_sync_batchnorm_shares_state_and_keeps_keys():
     from mutualnet_video.core import SlimSyncBatchNorm2d, SlimSyncBatchNorm3d, convert_slim_sync_batchnorm

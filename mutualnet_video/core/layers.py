@@ -143,9 +143,10 @@ def slice_grads(enabled: bool = True) -> Iterator[None]:
     So use it where gradients are only accumulated in ``.grad`` and read by the optimizer:
     ``mutual_step`` enters it for every backward except DDP's synchronised one. The choice
     is made at forward time (thread-local, like ``torch.no_grad``); a compiled region
-    (``torch.compile``), layers at full width and weights of fewer than
-    ``_SLICE_INTO_GRAD_MIN_NUMEL`` (2**15) elements, whose full-size gradient costs less
-    than the function's own Python, always slice the plain way.
+    (``torch.compile``) and layers at full width always slice the plain way; so do
+    weights of fewer than ``_SLICE_INTO_GRAD_MIN_NUMEL`` (2**15) elements, whose full-size
+    gradient costs less than the function's own Python, unless their conv runs as matrix
+    products (below), which also adds into ``.grad`` directly.
 
     Inside the block a conv on a slice of its input channels, on the CPU in float32, whose
     weight slice is large against its input (a ResNet's last stages on a small clip) and
@@ -671,7 +672,7 @@ class _SlimConvNd(_SlimWeightMixin):
         positions = x.shape[0]
         for s, k, st, p in zip(x.shape[2:], ksize, self.stride, self.padding):
             positions *= max((s + 2 * p - k) // st + 1, 0)
-        if positions * out_active * in_active * math.prod(ksize) < _GEMM_MIN_MACS:
+        if positions == 0 or positions * out_active * in_active * math.prod(ksize) < _GEMM_MIN_MACS:
             return False
         if (not weight.requires_grad or weight.grad_fn is not None
                 or not torch.is_grad_enabled() or torch.compiler.is_compiling()):
@@ -886,18 +887,20 @@ class SlimBatchNorm(SlimmableModule):
         read from their dicts, and the leading slices of the running statistics kept as
         views (F.batch_norm updates them in place, so they write through to the buffers)
         while the buffers and the channel count stay the same."""
+        self._check_input_dim(x)  # type: ignore[attr-defined]
         channels = x.shape[1]
         num_features = self.num_features
         if channels == num_features:
             return super().forward(x)  # type: ignore[misc]
-        self._check_input_dim(x)  # type: ignore[attr-defined]
         if channels > num_features:
             raise RuntimeError(
                 f"{type(self).__name__}: input has {channels} channels, more than the "
                 f"{num_features} the layer was built for"
             )
         params, buffers = self._parameters, self._buffers
-        weight, bias = params["weight"], params["bias"]
+        # (the dicts: nn.Module.__getattr__ costs here; a parametrized weight is not in them)
+        weight = params["weight"] if "weight" in params else self.weight
+        bias = params["bias"] if "bias" in params else self.bias
         if weight is not None:
             weight = weight[:channels]
         if bias is not None:

@@ -108,7 +108,7 @@ _SYNC_CLASS: dict[type, type[SlimSyncBatchNorm]] = {
     SlimBatchNorm3d: SlimSyncBatchNorm3d,
 }
 _BN = nn.modules.batchnorm._BatchNorm
-_CACHES = ("_slim_state", "_eval_cache", "_active_stats")  # rebuilt by the new layer
+_CACHES = ("_slim_state", "_eval_cache", "_active_stats", "_train_views")  # rebuilt by the new layer
 
 
 def _synchronized(module: nn.Module) -> nn.Module | None:
