@@ -879,6 +879,24 @@ class SlimBatchNorm(SlimmableModule):
             self.__dict__["_eval_cache"] = cached
         return F.batch_norm(x, cached[1], cached[2], cached[3], cached[4], False, 0.0, self.eps)
 
+    def _check_channels(self, channels: int) -> None:
+        if channels > self.num_features:
+            raise RuntimeError(
+                f"{type(self).__name__}: input has {channels} channels, more than the "
+                f"{self.num_features} the layer was built for"
+            )
+
+    def _training_factor(self) -> float:
+        """nn.BatchNorm's running-statistics factor of a training pass (``momentum``, or
+        the cumulative average when it is None), counting the pass in ``num_batches_tracked``."""
+        momentum = self.momentum
+        tracked = self.num_batches_tracked
+        if self.track_running_stats and tracked is not None:
+            tracked.add_(1)
+            if momentum is None:
+                return 1.0 / float(tracked)
+        return 0.0 if momentum is None else momentum
+
     _train_views: tuple | None = None
 
     def _train_forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -889,14 +907,9 @@ class SlimBatchNorm(SlimmableModule):
         while the buffers and the channel count stay the same."""
         self._check_input_dim(x)  # type: ignore[attr-defined]
         channels = x.shape[1]
-        num_features = self.num_features
-        if channels == num_features:
+        if channels == self.num_features:
             return super().forward(x)  # type: ignore[misc]
-        if channels > num_features:
-            raise RuntimeError(
-                f"{type(self).__name__}: input has {channels} channels, more than the "
-                f"{num_features} the layer was built for"
-            )
+        self._check_channels(channels)
         params, buffers = self._parameters, self._buffers
         # (the dicts: nn.Module.__getattr__ costs here; a parametrized weight is not in them)
         weight = params["weight"] if "weight" in params else self.weight
@@ -905,13 +918,7 @@ class SlimBatchNorm(SlimmableModule):
             weight = weight[:channels]
         if bias is not None:
             bias = bias[:channels]
-        momentum = self.momentum
-        factor = 0.0 if momentum is None else momentum
-        tracked = buffers.get("num_batches_tracked")
-        if self.track_running_stats and tracked is not None:
-            tracked.add_(1)
-            if momentum is None:
-                factor = 1.0 / float(tracked)
+        factor = self._training_factor()
         mean, var = buffers.get("running_mean"), buffers.get("running_var")
         if mean is not None and var is not None:
             cached = self._train_views
@@ -938,11 +945,7 @@ class SlimBatchNorm(SlimmableModule):
         # specialize a graph on full width)
         if stored is None and not compiling and channels == self.num_features:
             return super().forward(x)  # type: ignore[misc]
-        if channels > self.num_features:
-            raise RuntimeError(
-                f"{type(self).__name__}: input has {channels} channels, more than the "
-                f"{self.num_features} the layer was built for"
-            )
+        self._check_channels(channels)
         if stored is not None and stored[0].numel() != channels:
             raise RuntimeError(
                 f"{type(self).__name__}: statistics stored for {self.subnet} have "
@@ -951,11 +954,7 @@ class SlimBatchNorm(SlimmableModule):
         weight = None if self.weight is None else self.weight[:channels]
         bias = None if self.bias is None else self.bias[:channels]
 
-        # The momentum / cumulative-average logic of nn.BatchNorm, on the active slice.
-        factor = 0.0 if self.momentum is None else self.momentum
-        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
-            self.num_batches_tracked.add_(1)
-            factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        factor = self._training_factor() if self.training else (0.0 if self.momentum is None else self.momentum)
         if self.training:
             use_batch_stats = True
         else:

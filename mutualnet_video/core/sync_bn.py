@@ -65,11 +65,7 @@ class SlimSyncBatchNorm(SlimBatchNorm):
             return super().forward(x)
         self._check_input_dim(x)  # type: ignore[attr-defined]
         channels = x.shape[1]
-        if channels > self.num_features:
-            raise RuntimeError(
-                f"{type(self).__name__}: input has {channels} channels, more than the {self.num_features} "
-                "the layer was built for"
-            )
+        self._check_channels(channels)
         from torch.distributed.nn.functional import all_reduce
 
         dims = [0, *range(2, x.dim())]
